@@ -1,0 +1,3 @@
+"""mailowl: email attachment analysis gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,13 @@
+"""Every built-in rule, one module each; importing this package registers them."""
+
+from mailowl.rules.builtin import (  # noqa: F401
+    archive,
+    expressions,
+    file_larger_than,
+    file_type_lists,
+    final_rule,
+    known,
+    office_macro,
+    pe,
+    yara,
+)

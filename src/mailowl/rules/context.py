@@ -1,0 +1,75 @@
+"""Everything one analysis of one sample can see: the sample, its lazily computed reports, the store's memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mailowl.analysis import ANALYZERS
+from mailowl.analysis.archive import unpack
+from mailowl.analysis.known import KnownReport
+from mailowl.analysis.sample import Sample
+from mailowl.analysis.yara import yara_report
+
+if TYPE_CHECKING:
+    from mailowl.rules.engine import Engine
+
+JournalLookup = Callable[[str], KnownReport]
+
+
+class SampleView:
+    """What expressions see as ``sample``."""
+
+    FIELDS = frozenset({"filename", "name_declared", "type_declared", "content_disposition", "file_extension",
+                        "file_size", "sha256sum", "sha1sum", "md5sum", "identity"})
+
+    def __init__(self, sample: Sample) -> None:
+        self.filename = self.name_declared = sample.filename
+        self.type_declared = sample.type_declared
+        self.content_disposition = sample.content_disposition
+        self.file_extension = sample.file_extension
+        self.file_size = sample.size
+        self._sample = sample
+
+    @property
+    def sha256sum(self) -> str:
+        return self._sample.sha256
+
+    @property
+    def sha1sum(self) -> str:
+        return self._sample.sha1
+
+    @property
+    def md5sum(self) -> str:
+        return self._sample.md5
+
+    @property
+    def identity(self) -> str:
+        return self._sample.identity
+
+
+class AnalysisContext:
+    def __init__(self, sample: Sample, engine: Engine, journal: JournalLookup) -> None:
+        self.sample = sample
+        self.engine = engine
+        self.journal = journal
+
+    def report(self, name: str) -> Any:
+        reports = self.sample.reports
+        if name in reports:
+            return reports[name]
+        value: Any
+        if name == "sample":
+            value = SampleView(self.sample)
+        elif name == "knownreport":
+            value = self.journal(self.sample.identity)
+        elif name == "yarareport":
+            value = yara_report(self.sample, self.engine.resources.yara_rules)
+        elif name == "archivereport":
+            value = unpack(self.sample, self.engine.resources.archive_limits)
+        elif name in ANALYZERS:
+            value = ANALYZERS[name](self.sample)
+        else:
+            raise LookupError(f"no analyser provides '{name}'")
+        reports[name] = value
+        return value

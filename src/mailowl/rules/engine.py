@@ -1,0 +1,65 @@
+"""Runs a ruleset over a sample and combines the rules' results the way PeekabooAV does."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailowl.analysis.archive import ArchiveLimits
+from mailowl.analysis.known import KnownReport
+from mailowl.analysis.sample import Sample
+from mailowl.results import Result, RuleResult
+from mailowl.rules import Rule
+from mailowl.rules.context import AnalysisContext, JournalLookup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    """Things rules share that are built once at start-up."""
+
+    yara_rules: Any = None
+    archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+
+
+@dataclass
+class Verdict:
+    result: Result
+    reason: str
+    rules: list[RuleResult]
+
+
+def _no_journal(identity: str) -> KnownReport:
+    return KnownReport()
+
+
+class Engine:
+    def __init__(self, rules: list[Rule], resources: Resources) -> None:
+        self.rules = rules
+        self.resources = resources
+
+    @property
+    def rule_names(self) -> list[str]:
+        return [r.name for r in self.rules]
+
+    def run(self, sample: Sample, journal: JournalLookup = _no_journal) -> Verdict:
+        """Evaluate rules in order. The verdict is the worst result seen, with the reason of the last
+        rule that reached it; a rule that raises makes the verdict ``failed`` and ends the run."""
+        ctx = AnalysisContext(sample, self, journal)
+        result, reason = Result.unchecked, ""
+        done: list[RuleResult] = []
+        for rule in self.rules:
+            try:
+                outcome = rule.evaluate(ctx)
+            except Exception as exc:
+                log.warning("rule %s failed on %s", rule.name, sample.sha256, exc_info=True)
+                outcome = RuleResult(rule.name, Result.failed,
+                                     f"Rule '{rule.name}' aborted with error: {type(exc).__name__}: {exc}", False)
+            done.append(outcome)
+            if outcome.result >= result:
+                result, reason = outcome.result, outcome.reason
+            if not outcome.further_analysis:
+                break
+        return Verdict(result, reason, done)
