@@ -94,6 +94,8 @@ class Sample:
             "type_declared": self.type_declared,
             "content_disposition": self.content_disposition,
             "file_extension": self.file_extension,
+            "type_by_name": self.type_by_name,
+            "type_by_content": None,
             "size": self.size,
             "sha256": self.sha256,
             "sha1": self.sha1,

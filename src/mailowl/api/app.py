@@ -1,0 +1,218 @@
+"""The ASGI application."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mailowl import __version__
+from mailowl.analysis.sample import Sample
+from mailowl.analysis.service import AnalysisService, QueueFull
+from mailowl.api.openapi import openapi_document
+from mailowl.api.upload import UploadError, boundary_of, read_form
+from mailowl.store import Job
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+_FORM_OVERHEAD = 64 * 1024
+MAX_WAIT = 300.0
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSON:
+    return JSON({"message": message}, status, headers=headers)
+
+
+class BearerAuth:
+    """Everything but /healthz needs ``Authorization: Bearer <token>`` when a token is configured."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] != "/healthz":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.token):
+                response = error(401, "Missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class Api:
+    def __init__(self, service: AnalysisService, max_sample_size: int) -> None:
+        self.service = service
+        self.max_sample_size = max_sample_size
+
+    # PeekabooAV v1 ------------------------------------------------------------------------------------------
+    async def root(self, request: Request) -> Response:
+        return JSON({"hello": "PeekabooAV", "product": "mailowl", "version": __version__})
+
+    async def ping(self, request: Request) -> Response:
+        return JSON({"answer": "pong"})
+
+    async def _sample(self, request: Request, v2: bool) -> tuple[Sample, dict[str, Any]]:
+        boundary = boundary_of(request.headers.get("content-type", ""))
+        if boundary is None:
+            raise UploadError(400, "Invalid content type, use multipart/form-data")
+        if not boundary:
+            raise UploadError(400, "Invalid MIME structure in request")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_sample_size + _FORM_OVERHEAD:
+            raise UploadError(413, f"Sample too large: the limit is {self.max_sample_size} bytes")
+        parts = await read_form(request.stream(), boundary, self.max_sample_size)
+        if not parts:
+            raise UploadError(400, "Invalid MIME structure in request")
+        options: dict[str, Any] = {}
+        if v2:
+            extra = [p for p in parts if p.name == "options"]
+            parts = [p for p in parts if p.name != "options"]
+            if len(extra) > 1:
+                raise UploadError(400, 'Field "options" given more than once')
+            if extra:
+                options = _options(extra[0].data())
+        if len(parts) != 1:
+            raise UploadError(400, 'Invalid number of fields in form, we accept only one field "file"')
+        part = parts[0]
+        if part.name != "file":
+            raise UploadError(400, 'Field "file" missing from request')
+        disposition = request.headers.get("x-content-disposition") or None
+        return Sample(part.data(), filename=part.filename or None, type_declared=part.content_type,
+                      content_disposition=disposition), options
+
+    async def _submit(self, request: Request, v2: bool) -> tuple[Job | None, Response | None, dict[str, Any]]:
+        try:
+            sample, options = await self._sample(request, v2)
+        except UploadError as exc:
+            return None, error(exc.status, exc.message), {}
+        try:
+            job = self.service.submit(sample, force=bool(options.get("force")))
+        except QueueFull:
+            return None, error(503, "Analysis queue is full, try again later", {"Retry-After": "5"}), {}
+        return job, None, options
+
+    async def scan_v1(self, request: Request) -> Response:
+        job, failure, _ = await self._submit(request, v2=False)
+        if failure is not None:
+            return failure
+        assert job is not None
+        return JSON({"job_id": job.id})
+
+    async def report_v1(self, request: Request) -> Response:
+        raw = request.path_params["job_id"]
+        try:
+            job_id = int(raw)
+        except ValueError:
+            return error(404, f"Requested URL /v1/report/{raw} not found")
+        if not job_id:
+            return error(400, "job ID missing from request")
+        job = await self.service.store.get_job(job_id)
+        if job is None or not job.finished:
+            return error(404, f"No analysis result yet for job {job_id}")
+        assert job.result is not None
+        return JSON({"result": job.result.name, "reason": job.reason})
+
+    # mailowl v2 ---------------------------------------------------------------------------------------------
+    async def scan_v2(self, request: Request) -> Response:
+        job, failure, options = await self._submit(request, v2=True)
+        if failure is not None:
+            return failure
+        assert job is not None
+        wait = float(options.get("wait", 0))
+        if wait > 0:
+            await job.wait(min(wait, MAX_WAIT))
+        return JSON(job.as_dict(), 200 if job.finished else 202)
+
+    async def job_v2(self, request: Request) -> Response:
+        raw = request.path_params["job_id"]
+        if not raw.isdigit() or int(raw) <= 0:
+            return error(400, f"Job id must be a positive whole number, got {raw!r}")
+        try:
+            wait = float(request.query_params.get("wait", "0"))
+        except ValueError:
+            return error(400, "wait must be a number of seconds")
+        if not 0 <= wait <= MAX_WAIT:
+            return error(400, f"wait must be between 0 and {MAX_WAIT:g} seconds")
+        job = await self.service.store.get_job(int(raw))
+        if job is None:
+            return error(404, f"No job {raw}")
+        await job.wait(wait)
+        return JSON(job.as_dict())
+
+    # operations ---------------------------------------------------------------------------------------------
+    async def healthz(self, request: Request) -> Response:
+        return JSON({"status": "ok", "queue": self.service.queue.qsize()})
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, request: Request) -> Response:
+        return JSON(openapi_document())
+
+
+def _options(raw: bytes) -> dict[str, Any]:
+    try:
+        options = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise UploadError(400, f'Field "options" is not valid JSON: {exc}') from None
+    if not isinstance(options, dict):
+        raise UploadError(400, 'Field "options" must be a JSON object')
+    unknown = set(options) - {"force", "wait"}
+    if unknown:
+        raise UploadError(400, f'Field "options": unknown key(s) {", ".join(sorted(unknown))} (allowed: force, wait)')
+    wait = options.get("wait", 0)
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= MAX_WAIT:
+        raise UploadError(400, f'Field "options": wait must be a number of seconds from 0 to {MAX_WAIT:g}')
+    if not isinstance(options.get("force", False), bool):
+        raise UploadError(400, 'Field "options": force must be true or false')
+    return options
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error(404, f"Requested URL {request.url.path} not found")
+
+
+async def _method(request: Request, exc: Exception) -> Response:
+    return error(405, f"Method {request.method} not allowed for URL {request.url.path}")
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    return error(500, "Internal error; see the mailowl log")
+
+
+def create_app(service: AnalysisService, max_sample_size: int, token: str = "",
+               lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]] | None = None) -> Any:
+    api = Api(service, max_sample_size)
+    routes = [
+        Route("/", api.root, methods=["GET"]),
+        Route("/ping", api.ping, methods=["GET"]),
+        Route("/v1/scan", api.scan_v1, methods=["POST"]),
+        Route("/v1/report/{job_id}", api.report_v1, methods=["GET"]),
+        Route("/v2/scan", api.scan_v2, methods=["POST"]),
+        Route("/v2/jobs/{job_id}", api.job_v2, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/openapi.json", api.openapi, methods=["GET"]),
+    ]
+    app: Any = Starlette(routes=routes, lifespan=lifespan,
+                         exception_handlers={404: _not_found, 405: _method, 500: _crash})
+    if token:
+        app = BearerAuth(app, token)
+    return app
+

@@ -1,0 +1,94 @@
+"""The OpenAPI 3.1 description served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailowl import __version__
+
+_MESSAGE = {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}
+_RESULT = {"type": "string", "enum": ["unchecked", "unknown", "ignored", "good", "failed", "bad"]}
+_UPLOAD = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary",
+                                "description": "the sample; filename and Content-Type of the part are used"}},
+    }}},
+}
+_DISPOSITION = {"name": "X-Content-Disposition", "in": "header", "required": False, "schema": {"type": "string"},
+                "description": "the sample's content disposition, e.g. inline or attachment"}
+_JOB = {
+    "type": "object",
+    "properties": {
+        "job_id": {"type": "integer"},
+        "state": {"type": "string", "enum": ["pending", "done"]},
+        "result": {"anyOf": [_RESULT, {"type": "null"}]},
+        "reason": {"type": ["string", "null"]},
+        "rules": {"type": "array", "items": {"type": "object", "properties": {
+            "rule": {"type": "string"}, "result": _RESULT, "reason": {"type": "string"}}}},
+        "sample": {"type": "object", "properties": {
+            k: {"type": ["string", "null"]} for k in ("filename", "type_declared", "content_disposition",
+                                                       "file_extension", "type_by_name", "type_by_content",
+                                                       "sha256", "sha1", "md5", "identity")} | {
+            "size": {"type": "integer"}}},
+        "created_at": {"type": "string", "format": "date-time"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+
+
+def _resp(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_document() -> dict[str, Any]:
+    errors = {"400": _resp("bad request", _MESSAGE), "401": _resp("missing or wrong bearer token", _MESSAGE),
+              "413": _resp("sample larger than max_sample_size", _MESSAGE),
+              "503": _resp("queue full; see Retry-After", _MESSAGE)}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mailowl", "version": __version__,
+                 "description": "Email attachment analysis. v1 is PeekabooAV 2.1's API; v2 adds job states, "
+                                "long-polling, per-rule results and sample facts."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}, {}],
+        "paths": {
+            "/": {"get": {"summary": "greeting (used as a liveness probe)",
+                          "responses": {"200": _resp("hello", {"type": "object"})}}},
+            "/ping": {"get": {"summary": "ping", "responses": {"200": _resp("pong", {"type": "object"})}}},
+            "/v1/scan": {"post": {"summary": "submit a sample (PeekabooAV v1)", "parameters": [_DISPOSITION],
+                                  "requestBody": _UPLOAD,
+                                  "responses": {"200": _resp("queued", {"type": "object", "properties": {
+                                      "job_id": {"type": "integer"}}}), **errors}}},
+            "/v1/report/{job_id}": {"get": {
+                "summary": "verdict of a job (PeekabooAV v1); 404 while pending",
+                "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "responses": {"200": _resp("verdict", {"type": "object", "properties": {
+                    "result": _RESULT, "reason": {"type": "string"}}}),
+                    "400": _resp("job id 0", _MESSAGE), "404": _resp("pending or unknown", _MESSAGE)}}},
+            "/v2/scan": {"post": {
+                "summary": "submit a sample; optional form field options = JSON {force: bool, wait: seconds}",
+                "parameters": [_DISPOSITION],
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "required": ["file"], "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "options": {"type": "string", "description": 'JSON, e.g. {"wait": 10, "force": true}'}}}}}},
+                "responses": {"200": _resp("finished within wait", _JOB), "202": _resp("queued", _JOB), **errors}}},
+            "/v2/jobs/{job_id}": {"get": {
+                "summary": "a job with its state, verdict, every rule's result and the sample's facts",
+                "parameters": [
+                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "wait", "in": "query", "required": False,
+                     "schema": {"type": "number", "minimum": 0, "maximum": 300},
+                     "description": "long-poll: seconds to wait for the verdict"}],
+                "responses": {"200": _resp("job", _JOB), "400": _resp("bad id or wait", _MESSAGE),
+                              "404": _resp("no such job", _MESSAGE)}}},
+            "/healthz": {"get": {"summary": "health (no token needed)", "security": [],
+                                 "responses": {"200": _resp("ok", {"type": "object"})}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "text exposition format"}}}},
+            "/openapi.json": {"get": {"summary": "this document",
+                                      "responses": {"200": _resp("OpenAPI", {"type": "object"})}}},
+        },
+    }

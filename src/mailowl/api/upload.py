@@ -1,0 +1,162 @@
+"""Streaming parser for sample uploads (multipart/form-data), bounded in size and in memory.
+
+The file part goes to a spooled temporary file (memory up to 1 MiB, disk above), so a 100 MB upload
+costs one 100 MB buffer, not two or three.
+"""
+
+from __future__ import annotations
+
+import email.message
+import email.utils
+import tempfile
+import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
+
+_SPOOL = 1 << 20
+_SMALL_FIELD = 64 * 1024
+
+
+class UploadError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Part:
+    headers: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+    filename: str | None = None
+    content_type: str | None = None
+    size: int = 0
+    spool: Any = None
+    small: bytearray = field(default_factory=bytearray)
+
+    def data(self) -> bytes:
+        if self.spool is not None:
+            self.spool.seek(0)
+            data: bytes = self.spool.read()
+            self.spool.close()
+            return data
+        return bytes(self.small)
+
+
+def _header_params(value: str) -> email.message.Message:
+    msg = email.message.Message()
+    msg["content-disposition"] = value
+    return msg
+
+
+def parse_disposition(value: str) -> tuple[str | None, str | None]:
+    """(field name, filename) from a part's Content-Disposition; RFC 2231 ``filename*`` wins."""
+    msg = _header_params(value)
+    name = msg.get_param("name", header="content-disposition")
+    raw = msg.get_param("filename*", header="content-disposition")
+    filename: str | None = None
+    if isinstance(raw, str) and "'" in raw:
+        charset, _, rest = raw.partition("'")
+        _lang, _, encoded = rest.partition("'")
+        try:
+            filename = urllib.parse.unquote(encoded, encoding=charset or "utf-8", errors="replace")
+        except LookupError:
+            filename = urllib.parse.unquote(encoded, errors="replace")
+    if filename is None:
+        plain = msg.get_param("filename", header="content-disposition")
+        if plain is not None:
+            filename = email.utils.collapse_rfc2231_value(plain)
+    field_name = email.utils.collapse_rfc2231_value(name) if name is not None else None
+    return field_name, filename
+
+
+def boundary_of(content_type: str) -> bytes | None:
+    msg = email.message.Message()
+    msg["content-type"] = content_type
+    if msg.get_content_type() != "multipart/form-data":
+        return None
+    boundary = msg.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        return b""
+    return boundary.encode("latin-1", "replace")
+
+
+async def read_form(body: AsyncIterator[bytes], boundary: bytes, limit: int, file_field: str = "file") -> list[Part]:
+    """All parts of the form; the data of field ``file_field`` may be up to ``limit`` bytes, other fields
+    64 KiB. Raises UploadError(413) past the limit without reading further."""
+    parts: list[Part] = []
+    current: list[Part] = []
+    header_field = bytearray()
+    header_value = bytearray()
+
+    def on_part_begin() -> None:
+        current[:] = [Part()]
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        key = header_field.decode("latin-1").strip().lower()
+        try:
+            value = header_value.decode("utf-8")
+        except UnicodeDecodeError:
+            value = header_value.decode("latin-1")
+        current[0].headers[key] = value.strip()
+        header_field.clear()
+        header_value.clear()
+
+    def on_headers_finished() -> None:
+        part = current[0]
+        disposition = part.headers.get("content-disposition")
+        if disposition:
+            part.name, part.filename = parse_disposition(disposition)
+        ctype = part.headers.get("content-type")
+        if ctype:
+            part.content_type = ctype.split(";", 1)[0].strip().lower() or None
+        if part.name == file_field:
+            part.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL)
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        part = current[0]
+        part.size += end - start
+        if part.spool is not None:
+            if part.size > limit:
+                raise UploadError(413, f"Sample too large: the limit is {limit} bytes")
+            part.spool.write(data[start:end])
+        else:
+            if part.size > _SMALL_FIELD:
+                raise UploadError(413, f"Form field {part.name!r} too large: the limit is {_SMALL_FIELD} bytes")
+            part.small.extend(data[start:end])
+
+    def on_part_end() -> None:
+        parts.append(current[0])
+
+    parser = MultipartParser(boundary, callbacks={  # type: ignore[arg-type]
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data, "on_part_end": on_part_end,
+    })
+    try:
+        async for chunk in body:
+            if chunk:
+                parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError:
+        for part in parts + current:
+            if part.spool is not None:
+                part.spool.close()
+        # PeekabooAV's text for anything that is not a well-formed form
+        raise UploadError(400, "Invalid MIME structure in request") from None
+    except UploadError:
+        for part in parts + current:
+            if part.spool is not None:
+                part.spool.close()
+        raise
+    return parts

@@ -1,0 +1,189 @@
+"""Command line: serve, scan, check-config, db."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mailowl import __version__
+from mailowl.config import Config, ConfigError, load_config, parse_duration
+from mailowl.rules import RulesetError
+from mailowl.rules.engine import Engine
+from mailowl.rules.loader import load_engine
+
+
+def _config_args(parser: argparse.ArgumentParser, serve: bool = False) -> None:
+    parser.add_argument("--config", type=Path, help="mailowl.toml (default: $MAILOWL_CONFIG or built-in defaults)")
+    parser.add_argument("--ruleset", help="ruleset file: native .toml or a PeekabooAV ruleset.conf")
+    if serve:
+        parser.add_argument("--listen", help="HOST:PORT for the REST API (default 127.0.0.1:8100)")
+        parser.add_argument("--data-dir", help="where the SQLite store lives (default ./mailowl-data)")
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, Engine]:
+    overrides: dict[str, dict[str, Any]] = {}
+    if getattr(args, "ruleset", None):
+        overrides["analysis"] = {"ruleset": args.ruleset}
+    if getattr(args, "listen", None):
+        overrides.setdefault("server", {})["listen"] = args.listen
+    if getattr(args, "data_dir", None):
+        overrides.setdefault("server", {})["data_dir"] = args.data_dir
+    config = load_config(args.config, overrides=overrides)
+    return config, load_engine(config.ruleset_path)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mailowl.server import serve
+
+    config, engine = _load(args)
+    print(f"mailowl {__version__} listening on http://{config.server.listen} "
+          f"(store: {config.store_url.split('://')[0]}, rules: {', '.join(engine.rule_names)})", file=sys.stderr)
+    serve(config, engine)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config, engine = _load(args)
+    print(f"configuration ok; store {config.store_url.split('://')[0]}, listen {config.server.listen}, "
+          f"rules: {', '.join(engine.rule_names)}")
+    return 0
+
+
+def _walk(paths: list[str]) -> Iterator[Path]:
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, _dirs, files in os.walk(path):
+                for name in sorted(files):
+                    yield Path(root) / name
+        else:
+            yield path
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from mailowl.analysis.sample import Sample
+    from mailowl.results import Result
+
+    config, engine = _load(args)
+    files = list(_walk(args.paths))
+    rows: list[dict[str, Any]] = []
+    err = Console(stderr=True)
+    show_progress = not args.json and len(files) > 1 and err.is_terminal
+    with Progress(console=err, disable=not show_progress, transient=True) as progress:
+        task = progress.add_task("scanning", total=len(files))
+        for path in files:
+            try:
+                size = path.stat().st_size
+                if size > config.server.max_sample_size:
+                    raise OSError(f"larger than max_sample_size ({config.server.max_sample_size} bytes)")
+                content = path.read_bytes()
+            except OSError as exc:
+                rows.append({"path": str(path), "result": Result.failed.name,
+                             "reason": f"cannot read: {getattr(exc, 'strerror', None) or exc}"})
+                progress.advance(task)
+                continue
+            verdict = engine.run(Sample(content, filename=path.name))
+            rows.append({"path": str(path), "result": verdict.result.name, "reason": verdict.reason,
+                         "rules": [r.as_dict() for r in verdict.rules]})
+            progress.advance(task)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table("file", "result", "reason")
+        for row in rows:
+            style = {"bad": "red", "failed": "yellow"}.get(row["result"], "")
+            table.add_row(row["path"], f"[{style}]{row['result']}[/]" if style else row["result"], row["reason"])
+        Console().print(table)
+    return 1 if any(r["result"] == Result.bad.name for r in rows) else 0
+
+
+def cmd_db_purge(args: argparse.Namespace) -> int:
+    from mailowl.store import Store
+
+    config = load_config(args.config)
+    try:
+        seconds = parse_duration(args.older_than)
+    except ValueError as exc:
+        raise ConfigError(f"--older-than: {exc}") from None
+
+    async def run() -> int:
+        store = Store(config.store_url)
+        await store.open()
+        try:
+            return await store.purge(seconds)
+        finally:
+            await store.close()
+
+    print(f"deleted {asyncio.run(run())} finished job(s) older than {args.older_than}")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from mailowl.store import Store
+
+    config = load_config(args.config)
+
+    async def run() -> None:
+        store = Store(config.store_url)
+        await store.open()
+        await store.close()
+
+    asyncio.run(run())
+    print("store schema is current")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mailowl", description="Email attachment analysis gateway")
+    p.add_argument("--version", action="version", version=f"mailowl {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the REST API and analysis workers")
+    _config_args(s, serve=True)
+    s.set_defaults(func=cmd_serve)
+    s = sub.add_parser("scan", help="analyse files or directory trees in-process")
+    _config_args(s)
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(func=cmd_scan)
+    s = sub.add_parser("check-config", help="validate configuration and ruleset, exit non-zero on error")
+    _config_args(s)
+    s.set_defaults(func=cmd_check_config)
+    db = sub.add_parser("db", help="store maintenance").add_subparsers(dest="db_command", required=True)
+    s = db.add_parser("purge", help="delete finished jobs older than a given age")
+    s.add_argument("--config", type=Path)
+    s.add_argument("--older-than", required=True, help="age such as 30d, 12h or 2w")
+    s.set_defaults(func=cmd_db_purge)
+    s = db.add_parser("upgrade", help="migrate the store's schema to the current version")
+    s.add_argument("--config", type=Path)
+    s.set_defaults(func=cmd_db_upgrade)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.func(args)
+        return result
+    except (ConfigError, RulesetError) as exc:
+        print(f"mailowl: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Configuration: mailowl.toml, then MAILOWL_<SECTION>_<KEY> environment variables, then command-line
+flags; all validated before anything starts, with errors that name the key and what is allowed."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.I)
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.I)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 10**6, "mb": 10**6,
+               "mi": 2**20, "mib": 2**20, "g": 10**9, "gb": 10**9, "gi": 2**30, "gib": 2**30}
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from 1048576, "1048576", "64MiB", "10MB" (decimal) or "512k"."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError("expected a size such as 10485760, 10MiB or 10MB")
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds from 3600, "90s", "15m", "12h", "30d" or "2w"."""
+    if isinstance(value, int):
+        return value
+    text = str(value)
+    if text.strip().isdigit():
+        return int(text)
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError("expected a duration such as 90s, 15m, 12h, 30d or 2w")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+Duration = Annotated[int, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError("expected HOST:PORT such as 127.0.0.1:8100")
+    return host.strip("[]"), int(port)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:8100"
+    #: bearer token required on everything but /healthz; empty means no authentication
+    token: str = ""
+    max_sample_size: Size = 64 * 2**20
+    data_dir: Path = Path("mailowl-data")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+
+class StoreConfig(_Section):
+    #: SQLAlchemy URL; empty means SQLite in data_dir. mysql+asyncmy://, postgresql+asyncpg:// also work.
+    url: str = ""
+    #: cached verdicts older than this are not reused by the `known` rule (0 = no limit)
+    max_age: Duration = 30 * 86400
+    #: how many finished jobs stay in memory for fast report lookups
+    memory_jobs: int = Field(100_000, ge=100)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not re.match(r"^(sqlite\+aiosqlite|mysql\+asyncmy|mysql\+aiomysql|mariadb\+asyncmy|"
+                                  r"postgresql\+asyncpg)://", value):
+            raise ValueError("expected an async SQLAlchemy URL: sqlite+aiosqlite:///PATH, "
+                             "mysql+asyncmy://USER@HOST/DB or postgresql+asyncpg://USER@HOST/DB")
+        return value
+
+
+class QueueConfig(_Section):
+    #: jobs waiting for a worker; beyond this the API answers 503 with Retry-After
+    size: int = Field(10_000, ge=1)
+    #: analyses running at once
+    workers: int = Field(16, ge=1, le=1024)
+    #: threads for CPU-heavy analysers (libmagic, oletools, archives, YARA, pefile)
+    threads: int = Field(2, ge=1, le=64)
+
+
+class AnalysisConfig(_Section):
+    #: ruleset file: native TOML or a PeekabooAV ruleset.conf; empty means the built-in ruleset
+    ruleset: str = ""
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    queue: QueueConfig = QueueConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite+aiosqlite:///{self.server.data_dir / 'mailowl.db'}"
+
+    @property
+    def ruleset_path(self) -> Path | None:
+        return Path(self.analysis.ruleset) if self.analysis.ruleset else None
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    return {name: field.annotation for name, field in Config.model_fields.items()}  # type: ignore[misc]
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    sections = _sections()
+    for name, value in environ.items():
+        if not name.startswith("MAILOWL_") or name == "MAILOWL_CONFIG":
+            continue
+        section, _, key = name[len("MAILOWL_"):].lower().partition("_")
+        if section not in sections or key not in sections[section].model_fields:
+            known = ", ".join(f"MAILOWL_{s.upper()}_{k.upper()}" for s, m in sections.items() for k in m.model_fields)
+            raise ConfigError(f"environment variable {name}: no such setting (known: {known}, MAILOWL_CONFIG)")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in extra.items():
+        target = merged.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        target.update(values)
+    return merged
+
+
+def _explain(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(x) for x in err["loc"]]
+        where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else loc[0] if loc else "?"
+        if err["type"] == "extra_forbidden":
+            if len(loc) == 1:
+                allowed = ", ".join(_sections())
+            else:
+                allowed = ", ".join(_sections().get(loc[0], Config).model_fields)
+            lines.append(f"{origin}: {where}: unknown setting (allowed: {allowed})")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{origin}: {where}: {msg} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get("MAILOWL_CONFIG"):
+        path = Path(environ["MAILOWL_CONFIG"])
+    data: dict[str, Any] = {}
+    origin = "configuration"
+    if path is not None:
+        origin = str(path)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = _merge(data, env_overrides(environ))
+    data = _merge(data, overrides or {})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin)) from None

@@ -1,0 +1,9 @@
+"""Prometheus metrics, served at /metrics."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOBS = Counter("mailowl_jobs_total", "Finished analysis jobs by result", ["result"])
+QUEUE_DEPTH = Gauge("mailowl_queue_depth", "Jobs waiting for a worker")
+REJECTED = Counter("mailowl_queue_rejected_total", "Submissions refused because the queue was full")
+LATENCY = Histogram("mailowl_analysis_seconds", "Time from a worker taking a job to its verdict",
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))

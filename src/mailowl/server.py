@@ -1,0 +1,60 @@
+"""Wiring: configuration -> ruleset -> store -> analysis service -> REST API on uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+
+from mailowl.analysis.service import AnalysisService
+from mailowl.api.app import create_app
+from mailowl.config import Config, split_listen
+from mailowl.rules.engine import Engine
+from mailowl.rules.loader import load_engine
+from mailowl.store import Store
+
+log = logging.getLogger("mailowl")
+
+
+def build_service(config: Config, engine: Engine | None = None) -> AnalysisService:
+    engine = engine or load_engine(config.ruleset_path)
+    store = Store(config.store_url, max_age=config.store.max_age, memory_jobs=config.store.memory_jobs)
+    return AnalysisService(engine, store, queue_size=config.queue.size, workers=config.queue.workers,
+                           threads=config.queue.threads)
+
+
+@contextlib.asynccontextmanager
+async def running(service: AnalysisService) -> AsyncIterator[AnalysisService]:
+    await service.store.open()
+    abandoned = await service.store.abandon_pending()
+    if abandoned:
+        log.warning("%d job(s) left pending by an earlier run were marked failed", abandoned)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+        await service.store.flush()
+        await service.store.close()
+
+
+def make_asgi(config: Config, service: AnalysisService) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        async with running(service):
+            log.info("mailowl ready on http://%s with rules: %s", config.server.listen,
+                     ", ".join(service.engine.rule_names))
+            yield
+
+    return create_app(service, config.server.max_sample_size, config.server.token, lifespan=lifespan)
+
+
+def serve(config: Config, engine: Engine | None = None) -> None:
+    service = build_service(config, engine)
+    host, port = split_listen(config.server.listen)
+    app = make_asgi(config, service)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                http="httptools", loop="uvloop", timeout_keep_alive=30, server_header=False)

@@ -1,0 +1,6 @@
+"""Persistence: jobs with their per-rule results; the verdict cache is the finished jobs by identity."""
+
+from mailowl.store.jobs import Job
+from mailowl.store.store import Store
+
+__all__ = ["Job", "Store"]

@@ -1,0 +1,60 @@
+"""A job: one sample's analysis as the API reports it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from mailowl.results import Result, RuleResult
+
+PENDING, DONE = "pending", "done"
+
+
+@dataclass(eq=False)
+class Job:
+    id: int
+    facts: dict[str, Any]
+    created_at: datetime
+    state: str = PENDING
+    result: Result | None = None
+    reason: str | None = None
+    rules: list[RuleResult] = field(default_factory=list)
+    finished_at: datetime | None = None
+    _done: asyncio.Event | None = field(default=None, repr=False)
+
+    @property
+    def identity(self) -> str:
+        return str(self.facts["identity"])
+
+    @property
+    def finished(self) -> bool:
+        return self.state == DONE
+
+    def finish(self, result: Result, reason: str, rules: list[RuleResult], when: datetime) -> None:
+        self.state, self.result, self.reason, self.rules, self.finished_at = DONE, result, reason, rules, when
+        if self._done is not None:
+            self._done.set()
+
+    async def wait(self, timeout: float) -> None:
+        if self.finished or timeout <= 0:
+            return
+        if self._done is None:
+            self._done = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.id,
+            "state": self.state,
+            "result": self.result.name if self.result is not None else None,
+            "reason": self.reason,
+            "rules": [r.as_dict() for r in self.rules],
+            "sample": self.facts,
+            "created_at": self.created_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+        }

@@ -1,0 +1,32 @@
+"""Tables. Changes go through an Alembic migration in store/migrations/versions/."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("identity", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("sha1", String(40), nullable=False),
+    Column("md5", String(32), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("filename", String(512)),
+    Column("type_declared", String(255)),
+    Column("content_disposition", String(255)),
+    Column("file_extension", String(255)),
+    Column("type_by_content", String(255)),
+    Column("type_by_name", String(255)),
+    Column("state", String(16), nullable=False),
+    Column("result", String(16)),
+    Column("reason", Text),
+    Column("rule_results", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("ix_jobs_identity_finished", "identity", "finished_at"),
+    Index("ix_jobs_created", "created_at"),
+)

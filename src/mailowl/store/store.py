@@ -1,0 +1,300 @@
+"""The store: SQLAlchemy 2 async on SQLite (WAL), MariaDB or PostgreSQL.
+
+Writes are batched: a single writer task turns everything queued since its last round into one
+transaction, so 16 clients' jobs cost one commit, not 32. Report and verdict lookups are answered from
+memory when possible and otherwise batched into one ``IN (...)`` query per round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import bindparam, delete, event, func, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from mailowl.analysis.known import JournalEntry, KnownReport
+from mailowl.results import Result, RuleResult
+from mailowl.store.jobs import DONE, PENDING, Job
+from mailowl.store.migrate import upgrade
+from mailowl.store.models import jobs
+
+log = logging.getLogger(__name__)
+
+_FACT_COLUMNS = ("identity", "sha256", "sha1", "md5", "size", "filename", "type_declared",
+                 "content_disposition", "file_extension", "type_by_content", "type_by_name")
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class _Lru(OrderedDict[Any, Any]):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+class Store:
+    def __init__(self, url: str, max_age: int = 0, memory_jobs: int = 100_000) -> None:
+        self.url = url
+        self.max_age = max_age
+        self.engine: AsyncEngine | None = None
+        self._jobs: _Lru = _Lru(memory_jobs)
+        self._journals: _Lru = _Lru(memory_jobs)
+        self._next_id = 1
+        self._inserts: dict[int, Job] = {}
+        self._finished: dict[int, Job] = {}
+        self._lookups: dict[str, asyncio.Future[KnownReport]] = {}
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lookup_wake = asyncio.Event()
+        self._closing = False
+
+    # life cycle -----------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        url = make_url(self.url)
+        kwargs: dict[str, Any] = {}
+        if url.get_backend_name() == "sqlite" and url.database:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=8, max_overflow=8, pool_pre_ping=True, pool_recycle=3600)
+        engine = create_async_engine(self.url, **kwargs)
+        if url.get_backend_name() == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(upgrade)
+            async with engine.connect() as conn:
+                top = (await conn.execute(select(func.max(jobs.c.id)))).scalar()
+        except Exception as exc:
+            await engine.dispose()
+            raise StoreError(f"store {url.render_as_string(hide_password=True)}: {exc}") from exc
+        self.engine = engine
+        self._next_id = (top or 0) + 1
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        self._reader = asyncio.create_task(self._lookup_loop(), name="store-reader")
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        self._lookup_wake.set()
+        for task in (self._writer, self._reader):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.engine is not None:
+            await self.engine.dispose()
+
+    # jobs -------------------------------------------------------------------------------------------------
+    def new_job(self, facts: dict[str, Any]) -> Job:
+        job = Job(id=self._next_id, facts=facts, created_at=datetime.now(UTC))
+        self._next_id += 1
+        self._jobs.put(job.id, job)
+        self._inserts[job.id] = job
+        self._wake.set()
+        return job
+
+    def job_finished(self, job: Job) -> None:
+        if job.result is not None and job.result != Result.failed and job.finished_at is not None:
+            journal = self._journals.get(job.identity)
+            if journal is not None:
+                journal.append(JournalEntry(job.finished_at, job.result, job.reason or ""))
+        self._finished[job.id] = job
+        self._wake.set()
+
+    async def get_job(self, job_id: int) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        if self.engine is None or job_id <= 0 or job_id >= self._next_id:
+            return None
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().first()
+        return _job_from_row(row) if row is not None else None
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        while self._inserts or self._finished:
+            self._flushed.clear()
+            self._wake.set()
+            await self._flushed.wait()
+
+    async def _write_loop(self) -> None:
+        assert self.engine is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            inserts, finished = self._inserts, self._finished
+            self._inserts, self._finished = {}, {}
+            if inserts or finished:
+                try:
+                    await self._write(inserts, finished)
+                except Exception:
+                    log.exception("store write failed; retrying in 1 s")
+                    # put them back so nothing is lost; newer states win
+                    self._inserts = inserts | self._inserts
+                    self._finished = finished | self._finished
+                    await asyncio.sleep(1)
+                    self._wake.set()
+                    continue
+            self._flushed.set()
+            if self._closing and not self._inserts and not self._finished:
+                return
+
+    async def _write(self, inserts: dict[int, Job], finished: dict[int, Job]) -> None:
+        assert self.engine is not None
+        new_rows = [_row(job) for job in inserts.values()]
+        updates = [_row(job) for jid, job in finished.items() if jid not in inserts]
+        async with self.engine.begin() as conn:
+            if new_rows:
+                await conn.execute(jobs.insert(), new_rows)
+            if updates:
+                stmt = (update(jobs).where(jobs.c.id == bindparam("b_id"))
+                        .values(state=bindparam("state"), result=bindparam("result"), reason=bindparam("reason"),
+                                rule_results=bindparam("rule_results"), finished_at=bindparam("finished_at"),
+                                type_by_content=bindparam("type_by_content")))
+                await conn.execute(stmt, [{**r, "b_id": r["id"]} for r in updates])
+
+    # verdict cache --------------------------------------------------------------------------------------
+    def _cutoff(self) -> datetime | None:
+        return datetime.now(UTC) - timedelta(seconds=self.max_age) if self.max_age else None
+
+    def _report(self, entries: list[JournalEntry]) -> KnownReport:
+        cutoff = self._cutoff()
+        if cutoff is not None:
+            entries = [e for e in entries if e.analysis_time >= cutoff]
+        return KnownReport(list(entries))
+
+    async def journal(self, identity: str) -> KnownReport:
+        """Earlier finished, non-failed verdicts for an identity, no older than max_age."""
+        entries = self._journals.get(identity)
+        if entries is not None:
+            self._journals.move_to_end(identity)
+            return self._report(entries)
+        future = self._lookups.get(identity)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._lookups[identity] = future
+            self._lookup_wake.set()
+        return await asyncio.shield(future)
+
+    async def _lookup_loop(self) -> None:
+        while not self._closing:
+            await self._lookup_wake.wait()
+            self._lookup_wake.clear()
+            batch, self._lookups = self._lookups, {}
+            if not batch:
+                continue
+            try:
+                found = await self._fetch_journals(batch.keys())
+            except Exception as exc:
+                for future in batch.values():
+                    if not future.done():
+                        future.set_exception(StoreError(f"verdict lookup failed: {exc}"))
+                continue
+            for identity, future in batch.items():
+                entries = found.get(identity, [])
+                # an analysis that finished while we were reading is already in the live journal
+                known = self._journals.get(identity)
+                if known is not None:
+                    entries = known
+                else:
+                    self._journals.put(identity, entries)
+                if not future.done():
+                    future.set_result(self._report(entries))
+
+    async def _fetch_journals(self, identities: Iterable[str]) -> dict[str, list[JournalEntry]]:
+        assert self.engine is not None
+        ids = list(identities)
+        found: dict[str, list[JournalEntry]] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                stmt = (select(jobs.c.identity, jobs.c.finished_at, jobs.c.result, jobs.c.reason)
+                        .where(jobs.c.identity.in_(ids[start:start + 500]), jobs.c.state == DONE,
+                               jobs.c.result != Result.failed.name)
+                        .order_by(jobs.c.finished_at, jobs.c.id))
+                for row in await conn.execute(stmt):
+                    when = _aware(row.finished_at)
+                    assert when is not None
+                    found.setdefault(row.identity, []).append(JournalEntry(when, Result[row.result], row.reason or ""))
+        return found
+
+    # maintenance ----------------------------------------------------------------------------------------
+    async def purge(self, older_than: int) -> int:
+        """Delete finished jobs created more than ``older_than`` seconds ago; returns how many."""
+        assert self.engine is not None
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(delete(jobs).where(jobs.c.created_at < cutoff, jobs.c.state == DONE))
+        self._journals.clear()
+        for job_id in [j for j, job in self._jobs.items() if job.created_at < cutoff and job.finished]:
+            del self._jobs[job_id]
+        return int(result.rowcount or 0)
+
+    async def abandon_pending(self) -> int:
+        """Jobs left pending by a crash can never finish: mark them failed so clients stop waiting."""
+        assert self.engine is not None
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(jobs).where(jobs.c.state == PENDING).values(
+                    state=DONE, result=Result.failed.name, finished_at=datetime.now(UTC),
+                    reason="Analysis was interrupted by a restart of mailowl"))
+        return int(result.rowcount or 0)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _row(job: Job) -> dict[str, Any]:
+    row = {k: job.facts.get(k) for k in _FACT_COLUMNS}
+    for key, value in row.items():
+        # declared names and types come from senders: never let one overflow a column and stall writes
+        limit = getattr(jobs.c[key].type, "length", None)
+        if limit and isinstance(value, str) and len(value) > limit:
+            row[key] = value[:limit]
+    row.update(
+        id=job.id, state=job.state, result=job.result.name if job.result is not None else None,
+        reason=job.reason, rule_results=json.dumps([r.as_dict() for r in job.rules]) if job.rules else None,
+        created_at=job.created_at, finished_at=job.finished_at,
+    )
+    return row
+
+
+def _job_from_row(row: Any) -> Job:
+    facts = {k: row[k] for k in _FACT_COLUMNS}
+    rules = [RuleResult(r["rule"], Result[r["result"]], r["reason"], True)
+             for r in json.loads(row["rule_results"] or "[]")]
+    created = _aware(row["created_at"])
+    assert created is not None
+    return Job(id=row["id"], facts=facts, created_at=created, state=row["state"],
+               result=Result[row["result"]] if row["result"] else None, reason=row["reason"], rules=rules,
+               finished_at=_aware(row["finished_at"]))
