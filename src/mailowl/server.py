@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -53,6 +54,8 @@ def make_asgi(config: Config, service: AnalysisService) -> Any:
 
 
 def serve(config: Config, engine: Engine | None = None) -> None:
+    # Analysis threads run Python too; a shorter GIL switch interval keeps the event loop answering.
+    sys.setswitchinterval(0.0005)
     service = build_service(config, engine)
     host, port = split_listen(config.server.listen)
     app = make_asgi(config, service)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import magic
 
@@ -23,20 +23,31 @@ def _magics() -> tuple[magic.Magic, magic.Magic]:
     return pair
 
 
-def type_by_content(content: bytes) -> tuple[str | None, str | None]:
-    """(MIME type, human description) by content, as `file --mime-type` and `file` say."""
-    mime, text = _magics()
-    head = content[:_MAGIC_WINDOW]
-    return (mime.from_buffer(head) or None, text.from_buffer(head) or None)
+def type_by_content(content: bytes) -> str | None:
+    """MIME type by content, as `file --mime-type` says."""
+    return _magics()[0].from_buffer(content[:_MAGIC_WINDOW]) or None
 
 
-@dataclass(frozen=True, slots=True)
+def type_as_text(content: bytes) -> str | None:
+    """Human description by content, as `file` says."""
+    return _magics()[1].from_buffer(content[:_MAGIC_WINDOW]) or None
+
+
+@dataclass(slots=True)
 class FileReport:
     FIELDS = frozenset({"type_by_content", "type_by_name", "type_as_text", "mime_types"})
 
     type_by_content: str | None
     type_by_name: str | None
-    type_as_text: str | None
+    content: bytes = field(repr=False, default=b"")
+    _text: str | None = field(repr=False, default=None)
+
+    @property
+    def type_as_text(self) -> str | None:
+        # libmagic's description costs as much as the MIME type: only when an expression reads it
+        if self._text is None and self.content:
+            self._text = type_as_text(self.content)
+        return self._text
 
     @property
     def mime_types(self) -> set[str]:
@@ -45,5 +56,4 @@ class FileReport:
 
 @analyzer("filereport")
 def file_report(sample: Sample, env: object = None) -> FileReport:
-    mime, text = type_by_content(sample.content)
-    return FileReport(type_by_content=mime, type_by_name=sample.type_by_name, type_as_text=text)
+    return FileReport(type_by_content(sample.content), sample.type_by_name, sample.content)

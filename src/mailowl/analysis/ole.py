@@ -1,9 +1,14 @@
-"""Office macros with oletools' olevba."""
+"""Office macros with oletools' olevba.
+
+Detection is cheap; olevba's ``reveal()`` (deobfuscated source) and its keyword scans are not, so they
+run only when a rule or expression asks for them.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 from oletools.olevba import VBA_Parser, detect_autoexec, detect_suspicious
 
@@ -14,16 +19,45 @@ log = logging.getLogger(__name__)
 logging.getLogger("olevba").setLevel(logging.CRITICAL)
 
 
-@dataclass(slots=True)
 class OleReport:
     FIELDS = frozenset({"has_office_macros", "vba_code", "has_autoexec", "detected_autoexec",
                         "is_suspicious", "detected_suspicious"})
 
-    has_office_macros: bool = False
-    vba_code: str = ""
-    autoexec: list[tuple[str, str]] = field(default_factory=list)
-    suspicious: list[tuple[str, str]] = field(default_factory=list)
-    vba_found: bool = False
+    def __init__(self, parser: Any = None, has_office_macros: bool = False, macros: list[str] | None = None) -> None:
+        self._parser = parser
+        self.has_office_macros = has_office_macros
+        #: VBA source of each macro olevba found (empty unless it found VBA)
+        self.macros = macros or []
+
+    @cached_property
+    def _revealed(self) -> str | None:
+        if self._parser is None:
+            return None
+        try:
+            return str(self._parser.reveal())
+        except TypeError:
+            return None
+        except Exception as exc:
+            log.info("olevba reveal failed: %s", exc)
+            return None
+        finally:
+            self._parser.close()
+
+    @property
+    def vba_found(self) -> bool:
+        return self._revealed is not None
+
+    @property
+    def vba_code(self) -> str:
+        return self._revealed or ""
+
+    @cached_property
+    def autoexec(self) -> list[tuple[str, str]]:
+        return [hit for code in self.macros for hit in detect_autoexec(code)]
+
+    @cached_property
+    def suspicious(self) -> list[tuple[str, str]]:
+        return [hit for code in self.macros for hit in detect_suspicious(code)]
 
     @property
     def has_autoexec(self) -> bool:
@@ -42,35 +76,23 @@ class OleReport:
         return str(self.suspicious)
 
 
-
-
 @analyzer("olereport")
 def ole_report(sample: Sample, env: object = None) -> OleReport:
-    report = OleReport()
     name = sample.filename
     try:
         parser = VBA_Parser(name, data=bytes(sample.content))
     except Exception:
         # Not an Office file olevba understands: no macros, as PeekabooAV treats it.
-        return report
+        return OleReport()
     try:
-        report.has_office_macros = bool(parser.detect_vba_macros() or parser.detect_xlm_macros())
-        try:
-            report.vba_code = parser.reveal()
-            report.vba_found = True
-        except TypeError:
-            pass
-        macros = parser.extract_all_macros()
+        has_macros = bool(parser.detect_vba_macros() or parser.detect_xlm_macros())
+        found = parser.extract_all_macros()
         # olevba reads plain text as VBA source; a lone "macro" that is the file itself is no macro.
-        if report.has_office_macros and len(macros) == 1 and len(macros[0]) >= 3 and macros[0][2] == name:
-            report.has_office_macros = False
-        if parser.detect_vba_macros():
-            for macro in macros:
-                code = macro[3]
-                report.autoexec.extend(detect_autoexec(code))
-                report.suspicious.extend(detect_suspicious(code))
+        if has_macros and len(found) == 1 and len(found[0]) >= 3 and found[0][2] == name:
+            has_macros = False
+        macros = [m[3] for m in found] if parser.detect_vba_macros() else []
     except Exception as exc:  # olevba raises many kinds on damaged files
         log.info("olevba could not finish on %s: %s", sample.sha256, exc)
-    finally:
         parser.close()
-    return report
+        return OleReport()
+    return OleReport(parser, has_macros, macros)

@@ -103,6 +103,9 @@ class AnalysisService:
 
     async def _analyse(self, sample: Sample, journal: KnownReport) -> Verdict:
         assert self._loop is not None
+        if journal.known and self.engine.decided_by_known:
+            # the cached verdict decides at the first rule: no heavy work, so no thread hand-off
+            return self._run(sample, journal)
         return await self._loop.run_in_executor(self.pool, self._run, sample, journal)
 
     def _run(self, sample: Sample, journal: KnownReport) -> Verdict:

@@ -41,6 +41,11 @@ class Engine:
         self.resources = resources
 
     @property
+    def decided_by_known(self) -> bool:
+        """True when a known sample is decided by the first rule alone."""
+        return bool(self.rules) and self.rules[0].name == "known"
+
+    @property
     def rule_names(self) -> list[str]:
         return [r.name for r in self.rules]
 

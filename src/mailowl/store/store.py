@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mailowl.analysis.known import JournalEntry, KnownReport
 from mailowl.results import Result, RuleResult
+from mailowl.store.bloom import IdentityBloom
 from mailowl.store.jobs import DONE, PENDING, Job
 from mailowl.store.migrate import upgrade
 from mailowl.store.models import jobs
@@ -72,6 +73,9 @@ class Store:
         self._reader: asyncio.Task[None] | None = None
         self._lookup_wake = asyncio.Event()
         self._closing = False
+        self.linger = 0.02
+        #: identities with a usable verdict in the store; None means always ask the database
+        self._seen: IdentityBloom | None = None
 
     # life cycle -----------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -95,8 +99,19 @@ class Store:
             raise StoreError(f"store {url.render_as_string(hide_password=True)}: {exc}") from exc
         self.engine = engine
         self._next_id = (top or 0) + 1
+        await self._load_seen()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         self._reader = asyncio.create_task(self._lookup_loop(), name="store-reader")
+
+    async def _load_seen(self) -> None:
+        assert self.engine is not None
+        seen = IdentityBloom()
+        async with self.engine.connect() as conn:
+            rows = await conn.stream(select(jobs.c.identity).where(jobs.c.state == DONE,
+                                                                   jobs.c.result != Result.failed.name))
+            async for (identity,) in rows:
+                seen.add(identity)
+        self._seen = seen
 
     async def close(self) -> None:
         self._closing = True
@@ -120,6 +135,8 @@ class Store:
 
     def job_finished(self, job: Job) -> None:
         if job.result is not None and job.result != Result.failed and job.finished_at is not None:
+            if self._seen is not None:
+                self._seen.add(job.identity)
             journal = self._journals.get(job.identity)
             if journal is not None:
                 journal.append(JournalEntry(job.finished_at, job.result, job.reason or ""))
@@ -147,6 +164,9 @@ class Store:
         assert self.engine is not None
         while True:
             await self._wake.wait()
+            if not self._closing:
+                # let a round's jobs finish first: most rows are then written once, already finished
+                await asyncio.sleep(self.linger)
             self._wake.clear()
             inserts, finished = self._inserts, self._finished
             self._inserts, self._finished = {}, {}
@@ -195,6 +215,9 @@ class Store:
         if entries is not None:
             self._journals.move_to_end(identity)
             return self._report(entries)
+        if self._seen is not None and identity not in self._seen:
+            self._journals.put(identity, [])
+            return KnownReport()
         future = self._lookups.get(identity)
         if future is None:
             future = asyncio.get_running_loop().create_future()
@@ -251,6 +274,7 @@ class Store:
         async with self.engine.begin() as conn:
             result = await conn.execute(delete(jobs).where(jobs.c.created_at < cutoff, jobs.c.state == DONE))
         self._journals.clear()
+        await self._load_seen()
         for job_id in [j for j, job in self._jobs.items() if job.created_at < cutoff and job.finished]:
             del self._jobs[job_id]
         return int(result.rowcount or 0)

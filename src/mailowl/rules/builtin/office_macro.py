@@ -24,6 +24,10 @@ class OfficeMacroWithSuspiciousKeyword(Rule):
 
     def evaluate(self, ctx: AnalysisContext) -> RuleResult:
         report = ctx.report("olereport")
+        # Unlike PeekabooAV, only real macros are searched: olevba also "reveals" plain text files,
+        # and a .txt that mentions AutoOpen is not an Office macro.
+        if not report.has_office_macros:
+            return self.result(Result.unknown, "The file does not contain a recognizable Office macro", True)
         for pattern in self.config["keyword"]:
             if report.vba_found and pattern.search(report.vba_code):
                 return self.result(Result.bad, f"The file contains an Office macro with the suspicious "
