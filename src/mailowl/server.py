@@ -60,4 +60,4 @@ def serve(config: Config, engine: Engine | None = None) -> None:
     host, port = split_listen(config.server.listen)
     app = make_asgi(config, service)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                http="httptools", loop="uvloop", timeout_keep_alive=30, server_header=False)
+                http="httptools", loop="uvloop", timeout_keep_alive=30, server_header=False, proxy_headers=False)

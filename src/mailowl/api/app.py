@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -38,6 +38,53 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return JSON({"message": message}, status, headers=headers)
 
 
+_RETRY = {"Retry-After": "5"}
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def send_json(send: Any, status: int, payload: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = orjson.dumps(payload)
+    headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(body)), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class V1FastPath:
+    """PeekabooAV's two hot endpoints served straight from ASGI: clients poll /v1/report many times per
+    sample, and Starlette's layers would cost more than the answer itself. Everything else goes on to
+    the Starlette application."""
+
+    def __init__(self, app: ASGIApp, api: Api) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            if path.startswith("/v1/report/") and method == "GET" and "/" not in path[11:]:
+                status, payload = await self.api.report(path[11:])
+                await send_json(send, status, payload)
+                return
+            if path == "/v1/scan" and method == "POST":
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+                status, payload, job, _ = await self.api.submit(headers, _body(receive), v2=False)
+                if job is not None:
+                    payload = {"job_id": job.id}
+                await send_json(send, status, payload, [(b"retry-after", b"5")] if status == 503 else None)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _body(receive: Any) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise UploadError(400, "Client disconnected during upload")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
 class BearerAuth:
     """Everything but /healthz needs ``Authorization: Bearer <token>`` when a token is configured."""
 
@@ -67,16 +114,17 @@ class Api:
     async def ping(self, request: Request) -> Response:
         return JSON({"answer": "pong"})
 
-    async def _sample(self, request: Request, v2: bool) -> tuple[Sample, dict[str, Any]]:
-        boundary = boundary_of(request.headers.get("content-type", ""))
+    async def _sample(self, headers: Mapping[str, str], body: AsyncIterator[bytes],
+                      v2: bool) -> tuple[Sample, dict[str, Any]]:
+        boundary = boundary_of(headers.get("content-type", ""))
         if boundary is None:
             raise UploadError(400, "Invalid content type, use multipart/form-data")
         if not boundary:
             raise UploadError(400, "Invalid MIME structure in request")
-        length = request.headers.get("content-length")
+        length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_sample_size + _FORM_OVERHEAD:
             raise UploadError(413, f"Sample too large: the limit is {self.max_sample_size} bytes")
-        parts = await read_form(request.stream(), boundary, self.max_sample_size)
+        parts = await read_form(body, boundary, self.max_sample_size)
         if not parts:
             raise UploadError(400, "Invalid MIME structure in request")
         options: dict[str, Any] = {}
@@ -92,48 +140,41 @@ class Api:
         part = parts[0]
         if part.name != "file":
             raise UploadError(400, 'Field "file" missing from request')
-        disposition = request.headers.get("x-content-disposition") or None
+        disposition = headers.get("x-content-disposition") or None
         return Sample(part.data(), filename=part.filename or None, type_declared=part.content_type,
                       content_disposition=disposition), options
 
-    async def _submit(self, request: Request, v2: bool) -> tuple[Job | None, Response | None, dict[str, Any]]:
+    async def submit(self, headers: Mapping[str, str], body: AsyncIterator[bytes],
+                     v2: bool) -> tuple[int, dict[str, Any], Job | None, dict[str, Any]]:
+        """(status, error payload, job, options) for an upload."""
         try:
-            sample, options = await self._sample(request, v2)
+            sample, options = await self._sample(headers, body, v2)
         except UploadError as exc:
-            return None, error(exc.status, exc.message), {}
+            return exc.status, {"message": exc.message}, None, {}
         try:
             job = self.service.submit(sample, force=bool(options.get("force")))
         except QueueFull:
-            return None, error(503, "Analysis queue is full, try again later", {"Retry-After": "5"}), {}
-        return job, None, options
+            return 503, {"message": "Analysis queue is full, try again later"}, None, {}
+        return 200, {}, job, options
 
-    async def scan_v1(self, request: Request) -> Response:
-        job, failure, _ = await self._submit(request, v2=False)
-        if failure is not None:
-            return failure
-        assert job is not None
-        return JSON({"job_id": job.id})
-
-    async def report_v1(self, request: Request) -> Response:
-        raw = request.path_params["job_id"]
+    async def report(self, raw: str) -> tuple[int, dict[str, Any]]:
         try:
             job_id = int(raw)
         except ValueError:
-            return error(404, f"Requested URL /v1/report/{raw} not found")
+            return 404, {"message": f"Requested URL /v1/report/{raw} not found"}
         if not job_id:
-            return error(400, "job ID missing from request")
+            return 400, {"message": "job ID missing from request"}
         job = await self.service.store.get_job(job_id)
         if job is None or not job.finished:
-            return error(404, f"No analysis result yet for job {job_id}")
+            return 404, {"message": f"No analysis result yet for job {job_id}"}
         assert job.result is not None
-        return JSON({"result": job.result.name, "reason": job.reason})
+        return 200, {"result": job.result.name, "reason": job.reason}
 
     # mailowl v2 ---------------------------------------------------------------------------------------------
     async def scan_v2(self, request: Request) -> Response:
-        job, failure, options = await self._submit(request, v2=True)
-        if failure is not None:
-            return failure
-        assert job is not None
+        status, problem, job, options = await self.submit(request.headers, request.stream(), v2=True)
+        if job is None:
+            return JSON(problem, status, headers=_RETRY if status == 503 else None)
         wait = float(options.get("wait", 0))
         if wait > 0:
             await job.wait(min(wait, MAX_WAIT))
@@ -202,8 +243,6 @@ def create_app(service: AnalysisService, max_sample_size: int, token: str = "",
     routes = [
         Route("/", api.root, methods=["GET"]),
         Route("/ping", api.ping, methods=["GET"]),
-        Route("/v1/scan", api.scan_v1, methods=["POST"]),
-        Route("/v1/report/{job_id}", api.report_v1, methods=["GET"]),
         Route("/v2/scan", api.scan_v2, methods=["POST"]),
         Route("/v2/jobs/{job_id}", api.job_v2, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
@@ -212,6 +251,7 @@ def create_app(service: AnalysisService, max_sample_size: int, token: str = "",
     ]
     app: Any = Starlette(routes=routes, lifespan=lifespan,
                          exception_handlers={404: _not_found, 405: _method, 500: _crash})
+    app = V1FastPath(app, api)
     if token:
         app = BearerAuth(app, token)
     return app

@@ -6,8 +6,10 @@ costs one 100 MB buffer, not two or three.
 
 from __future__ import annotations
 
+import email.header
 import email.message
 import email.utils
+import re
 import tempfile
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -53,8 +55,34 @@ def _header_params(value: str) -> email.message.Message:
     return msg
 
 
+_SIMPLE_PARAM = re.compile(r';\s*([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s"]*))')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def _simple_params(value: str) -> dict[str, str] | None:
+    """Parameters of a header without RFC 2231 parts; None when the header needs the full parser."""
+    if "*" in value or "=?" in value:
+        return None
+    params: dict[str, str] = {}
+    for match in _SIMPLE_PARAM.finditer(value):
+        quoted, bare = match.group(2), match.group(3)
+        params[match.group(1).lower()] = _QUOTED_PAIR.sub(r"\1", quoted) if quoted is not None else bare
+    return params
+
+
 def parse_disposition(value: str) -> tuple[str | None, str | None]:
-    """(field name, filename) from a part's Content-Disposition; RFC 2231 ``filename*`` wins."""
+    """(field name, filename) from a part's Content-Disposition: ``filename`` as PeekabooAV reads it, else
+    RFC 2231 ``filename*``; RFC 2047 encoded-words some clients put in filenames are decoded."""
+    simple = _simple_params(value)
+    if simple is not None:
+        return simple.get("name"), simple.get("filename")
+    name, filename = _full_disposition(value)
+    if filename and "=?" in filename:
+        filename = str(email.header.make_header(email.header.decode_header(filename)))
+    return name, filename
+
+
+def _full_disposition(value: str) -> tuple[str | None, str | None]:
     msg = _header_params(value)
     name = msg.get_param("name", header="content-disposition")
     raw = msg.get_param("filename*", header="content-disposition")
