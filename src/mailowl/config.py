@@ -81,7 +81,7 @@ class StoreConfig(_Section):
     #: cached verdicts older than this are not reused by the `known` rule (0 = no limit)
     max_age: Duration = 30 * 86400
     #: how many finished jobs stay in memory for fast report lookups
-    memory_jobs: int = Field(100_000, ge=100)
+    memory_jobs: int = Field(default=100_000, ge=100)
 
     @field_validator("url")
     @classmethod
@@ -95,11 +95,11 @@ class StoreConfig(_Section):
 
 class QueueConfig(_Section):
     #: jobs waiting for a worker; beyond this the API answers 503 with Retry-After
-    size: int = Field(10_000, ge=1)
+    size: int = Field(default=10_000, ge=1)
     #: analyses running at once
-    workers: int = Field(16, ge=1, le=1024)
+    workers: int = Field(default=16, ge=1, le=1024)
     #: threads for CPU-heavy analysers (libmagic, oletools, archives, YARA, pefile)
-    threads: int = Field(2, ge=1, le=64)
+    threads: int = Field(default=2, ge=1, le=64)
 
 
 class AnalysisConfig(_Section):

@@ -15,7 +15,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from mailowl.analysis.sample import Sample
 
@@ -89,7 +89,7 @@ class _Budget:
         if self.count > self.limits.max_members:
             raise LimitHit(f"more than {self.limits.max_members} members")
 
-    def read(self, stream: BinaryIO, compressed_size: int | None, name: str) -> bytes:
+    def read(self, stream: IO[bytes], compressed_size: int | None, name: str) -> bytes:
         out = bytearray()
         while True:
             chunk = stream.read(_CHUNK)
@@ -164,7 +164,8 @@ def _7z(data: bytes, budget: _Budget) -> list[tuple[str, bytes]]:
     for info in infos:
         buf = factory.products.get(info.filename)
         if buf is not None:
-            content = buf.read() if hasattr(buf, "read") else bytes(buf)
+            buf.seek(0)
+            content = buf.read()
             budget.total += len(content)
             out.append((info.filename, content))
     return out

@@ -38,15 +38,14 @@ class Part:
     content_type: str | None = None
     size: int = 0
     spool: Any = None
-    small: bytearray = field(default_factory=bytearray)
 
     def data(self) -> bytes:
-        if self.spool is not None:
-            self.spool.seek(0)
-            data: bytes = self.spool.read()
-            self.spool.close()
-            return data
-        return bytes(self.small)
+        if self.spool is None:
+            return b""
+        self.spool.seek(0)
+        data: bytes = self.spool.read()
+        self.spool.close()
+        return data
 
 
 def _header_params(value: str) -> email.message.Message:
@@ -113,13 +112,14 @@ def boundary_of(content_type: str) -> bytes | None:
     return boundary.encode("latin-1", "replace")
 
 
-async def read_form(body: AsyncIterator[bytes], boundary: bytes, limit: int, file_field: str = "file") -> list[Part]:
-    """All parts of the form; the data of field ``file_field`` may be up to ``limit`` bytes, other fields
-    64 KiB. Raises UploadError(413) past the limit without reading further."""
+async def read_form(body: AsyncIterator[bytes], boundary: bytes, limit: int) -> list[Part]:
+    """All parts of the form; each may hold up to ``limit`` bytes and all together ``limit`` + 64 KiB.
+    Raises UploadError(413) past the limit without reading further."""
     parts: list[Part] = []
     current: list[Part] = []
     header_field = bytearray()
     header_value = bytearray()
+    total = [0]
 
     def on_part_begin() -> None:
         current[:] = [Part()]
@@ -148,20 +148,16 @@ async def read_form(body: AsyncIterator[bytes], boundary: bytes, limit: int, fil
         ctype = part.headers.get("content-type")
         if ctype:
             part.content_type = ctype.split(";", 1)[0].strip().lower() or None
-        if part.name == file_field:
-            part.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL)
+        # closed by Part.data() or by the error paths below
+        part.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         part = current[0]
         part.size += end - start
-        if part.spool is not None:
-            if part.size > limit:
-                raise UploadError(413, f"Sample too large: the limit is {limit} bytes")
-            part.spool.write(data[start:end])
-        else:
-            if part.size > _SMALL_FIELD:
-                raise UploadError(413, f"Form field {part.name!r} too large: the limit is {_SMALL_FIELD} bytes")
-            part.small.extend(data[start:end])
+        total[0] += end - start
+        if part.size > limit or total[0] > limit + _SMALL_FIELD:
+            raise UploadError(413, f"Sample too large: the limit is {limit} bytes")
+        part.spool.write(data[start:end])
 
     def on_part_end() -> None:
         parts.append(current[0])

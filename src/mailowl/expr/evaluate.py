@@ -91,11 +91,11 @@ class _Compiler:
         return lambda r: None
 
     def _int(self, node: Tree) -> Node:
-        value = int(node.children[0])
+        value = int(str(node.children[0]))
         return lambda r: value
 
     def _real(self, node: Tree) -> Node:
-        value = float(node.children[0])
+        value = float(str(node.children[0]))
         return lambda r: value
 
     def _string(self, node: Tree) -> Node:
@@ -229,6 +229,6 @@ def _describe(exc: UnexpectedInput, text: str) -> str:
         if token.type == "$END":
             return "syntax error: expression ends too early"
         return f"syntax error: unexpected {str(token)!r}"
-    if isinstance(exc, UnexpectedCharacters):
+    if isinstance(exc, UnexpectedCharacters) and exc.pos_in_stream is not None:
         return f"syntax error: unexpected character {text[exc.pos_in_stream]!r}"
     return "syntax error"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,10 +43,8 @@ class Job:
             return
         if self._done is None:
             self._done = asyncio.Event()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done.wait(), timeout)
-        except TimeoutError:
-            pass
 
     def as_dict(self) -> dict[str, Any]:
         return {
