@@ -144,9 +144,14 @@ def _tar(data: bytes, budget: _Budget) -> list[tuple[str, bytes]]:
 
 def _7z(data: bytes, budget: _Budget) -> list[tuple[str, bytes]]:
     import py7zr
+    from py7zr.exceptions import PasswordRequired
     from py7zr.io import BytesIOFactory
 
-    with py7zr.SevenZipFile(io.BytesIO(data)) as zf:
+    try:
+        archive = py7zr.SevenZipFile(io.BytesIO(data))
+    except PasswordRequired:
+        raise Encrypted("7z") from None  # the member list itself is encrypted
+    with archive as zf:
         if zf.needs_password():
             raise Encrypted("7z")
         infos = [i for i in zf.list() if not i.is_directory]

@@ -51,8 +51,10 @@ def coerce_option(rule: str, name: str, option: Option, raw: Any) -> Any:
             raise RulesetError(f"{where}: expected one of {allowed}, got {raw!r}") from None
     if option.kind == "str":
         return str(raw)
-    values = raw if isinstance(raw, list) else [raw]
-    values = [str(v) for v in values]
+    if not isinstance(raw, list):
+        raise RulesetError(f"{where}: expected a list; write {name}.1, {name}.2, ... in a ruleset.conf "
+                           f"or {name} = [...] in TOML")
+    values = [str(v) for v in raw]
     if option.required and not values:
         raise RulesetError(f"{where}: the list is empty, give at least one {name}")
     if option.kind == "relist":
