@@ -1,0 +1,94 @@
+"""The store on SQLite and on the MariaDB and PostgreSQL servers of this machine."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import update
+
+from mailowl.analysis.sample import Sample
+from mailowl.results import Result, RuleResult
+from mailowl.store import Job, Store
+from mailowl.store.models import jobs
+
+
+def finish(store: Store, job: Job, result: Result, reason: str = "because") -> None:
+    job.finish(result, reason, [RuleResult("final_rule", result, reason, True)], datetime.now(UTC))
+    store.job_finished(job)
+
+
+async def test_jobs_verdicts_and_purge(store_url: str) -> None:
+    store = Store(store_url, max_age=7 * 86400)
+    await store.open()
+    try:
+        a = store.new_job(Sample(b"alpha content", "a.exe", "application/octet-stream").facts())
+        b = store.new_job(Sample(b"beta content", "b.txt").facts())
+        c = store.new_job(Sample(b"gamma content", "c.bin").facts())
+        assert (a.id, b.id, c.id) == (1, 2, 3)
+        finish(store, a, Result.bad, "evil")
+        finish(store, b, Result.failed, "broke")
+        await store.flush()
+    finally:
+        await store.close()
+
+    store = Store(store_url, max_age=7 * 86400)  # a restart: everything below comes from the database
+    await store.open()
+    try:
+        job = await store.get_job(a.id)
+        assert job is not None and job.result is Result.bad and job.reason == "evil"
+        assert job.rules[0].rule == "final_rule" and job.facts["filename"] == "a.exe"
+        assert job.facts["sha256"] == Sample(b"alpha content").sha256
+        assert (await store.get_job(c.id)) is not None and (await store.get_job(c.id)).state == "pending"  # type: ignore[union-attr]
+        assert await store.get_job(99) is None
+        assert store.new_job(Sample(b"x").facts()).id == 4  # ids continue
+
+        known = await store.journal(a.identity)
+        assert known.known and known.worst() == (Result.bad, "evil")
+        assert not (await store.journal(b.identity)).known  # failed verdicts are never reused
+        assert not (await store.journal(Sample(b"never seen").identity)).known
+
+        await store.flush()
+        assert await store.abandon_pending() == 2  # c and the new job: what a crash leaves behind
+        store._jobs.clear()
+        assert (await store.get_job(c.id)).result is Result.failed  # type: ignore[union-attr]
+
+        # an old verdict is ignored by `known`, then purged
+        assert store.engine is not None
+        async with store.engine.begin() as conn:
+            old = datetime.now(UTC) - timedelta(days=40)
+            await conn.execute(update(jobs).where(jobs.c.id == a.id).values(finished_at=old, created_at=old))
+        store._journals.clear()
+        assert not (await store.journal(a.identity)).known
+        assert await store.purge(30 * 86400) == 1
+        assert await store.get_job(a.id) is None
+    finally:
+        await store.close()
+
+
+async def test_long_declared_values_do_not_stall_writes(store_url: str) -> None:
+    store = Store(store_url)
+    await store.open()
+    try:
+        job = store.new_job(Sample(b"x" * 10, "n" * 2000 + ".exe", "t/" + "y" * 400).facts())
+        finish(store, job, Result.unknown)
+        await store.flush()
+        store._jobs.clear()
+        again = await store.get_job(job.id)
+        assert again is not None and again.result is Result.unknown
+        assert again.facts["filename"] is not None and len(again.facts["filename"]) == 512
+    finally:
+        await store.close()
+
+
+async def test_verdict_lookups_are_batched_and_cached(sqlite_store: Store) -> None:
+    store = sqlite_store
+    job = store.new_job(Sample(b"known sample", "k.bin").facts())
+    finish(store, job, Result.good, "fine")
+    await store.flush()
+    # in memory right away, before and after the write
+    assert (await store.journal(job.identity)).result is Result.good
+    store._journals.clear()
+    import asyncio
+
+    reports = await asyncio.gather(*(store.journal(job.identity) for _ in range(20)))
+    assert all(r.known for r in reports)
