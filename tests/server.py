@@ -1,0 +1,94 @@
+"""Runs `mailowl serve` as a real process on a free loopback port."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, tmp: Path, config: str = "", ruleset: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.tmp = tmp
+        (tmp / "mailowl.toml").write_text(config)
+        args = [sys.executable, "-m", "mailowl.cli", "serve", "--config", str(tmp / "mailowl.toml"),
+                "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(tmp / "data")]
+        if ruleset:
+            args += ["--ruleset", ruleset]
+        self.log = (tmp / "server.log").open("w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        self.token = (env or {}).get("MAILOWL_SERVER_TOKEN", "")
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mailowl serve exited: {(tmp / 'server.log').read_text()}")
+            try:
+                if self.request("GET", "/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("mailowl serve did not start")
+            time.sleep(0.1)
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            hdrs = dict(headers or {})
+            if self.token and "Authorization" not in hdrs:
+                hdrs["Authorization"] = f"Bearer {self.token}"
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+            raw = resp.read()
+            try:
+                payload: Any = json.loads(raw) if raw else None
+            except ValueError:
+                payload = raw.decode("utf-8", "replace")
+            return resp.status, payload, {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+
+    def scan(self, content: bytes, filename: str | None = "file.bin", ctype: str = "application/octet-stream",
+             path: str = "/v1/scan", extra_parts: bytes = b"", disposition_header: str | None = None,
+             field: str = "file", filename_param: str | None = None) -> tuple[int, Any, dict[str, str]]:
+        boundary = "----mailowltestboundary"
+        if filename_param is None:
+            filename_param = f'; filename="{filename}"' if filename is not None else ""
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"{filename_param}\r\n'
+                f"Content-Type: {ctype}\r\n\r\n").encode()
+        body = head + content + b"\r\n" + extra_parts + f"--{boundary}--\r\n".encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        if disposition_header:
+            headers["X-Content-Disposition"] = disposition_header
+        return self.request("POST", path, body, headers)
+
+    def verdict(self, job_id: int, timeout: float = 30) -> dict[str, Any]:
+        status, payload, _ = self.request("GET", f"/v2/jobs/{job_id}?wait={timeout}")
+        assert status == 200, payload
+        assert payload["state"] == "done", payload
+        return dict(payload)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
