@@ -104,7 +104,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         for row in rows:
             style = {"bad": "red", "failed": "yellow"}.get(row["result"], "")
             table.add_row(row["path"], f"[{style}]{row['result']}[/]" if style else row["result"], row["reason"])
-        Console().print(table)
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=200)  # piped output: no truncated paths
+        out.print(table)
     return 1 if any(r["result"] == Result.bad.name for r in rows) else 0
 
 
