@@ -12,6 +12,7 @@ import uvicorn
 
 from mailowl.analysis.service import AnalysisService
 from mailowl.api.app import create_app
+from mailowl.api.transport import CoalescingHttpToolsProtocol
 from mailowl.config import Config, split_listen
 from mailowl.rules.engine import Engine
 from mailowl.rules.loader import load_engine
@@ -55,9 +56,9 @@ def make_asgi(config: Config, service: AnalysisService) -> Any:
 
 def serve(config: Config, engine: Engine | None = None) -> None:
     # Analysis threads run Python too; a shorter GIL switch interval keeps the event loop answering.
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(0.001)
     service = build_service(config, engine)
     host, port = split_listen(config.server.listen)
     app = make_asgi(config, service)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                http="httptools", loop="uvloop", timeout_keep_alive=30, server_header=False, proxy_headers=False)
+                http=CoalescingHttpToolsProtocol, loop="uvloop", timeout_keep_alive=30, server_header=False, proxy_headers=False)

@@ -87,8 +87,13 @@ class Sample:
             return None
         return mimetypes.guess_type(self.filename)[0]
 
-    def facts(self) -> dict[str, Any]:
-        """What the API reports about the sample itself."""
+    def facts(self, light: bool = False) -> dict[str, Any]:
+        """What the API reports about the sample itself; ``light`` leaves out what costs hashing beyond
+        the identity (it is filled in by the analysis, off the event loop)."""
+        if light:
+            return {"filename": self.filename, "type_declared": self.type_declared,
+                    "content_disposition": self.content_disposition, "size": self.size, "sha256": self.sha256,
+                    "identity": self.identity}
         return {
             "filename": self.filename,
             "type_declared": self.type_declared,

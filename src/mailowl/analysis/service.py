@@ -55,7 +55,7 @@ class AnalysisService:
         if self.queue.full():
             metrics.REJECTED.inc()
             raise QueueFull()
-        job = self.store.new_job(sample.facts())
+        job = self.store.new_job(sample.facts(light=True))
         self.queue.put_nowait((job, sample, force))
         metrics.QUEUE_DEPTH.set(self.queue.qsize())
         return job
@@ -118,9 +118,12 @@ class AnalysisService:
             assert self._loop is not None
             return asyncio.run_coroutine_threadsafe(self.store.journal(identity), self._loop).result(60)
 
-        return self.engine.run(sample, lookup)
+        verdict = self.engine.run(sample, lookup)
+        sample.facts()  # hashes computed here, in the worker thread
+        return verdict
 
     def _finish(self, job: Job, sample: Sample, verdict: Verdict) -> None:
+        job.facts = sample.facts()
         report: Any = sample.reports.get("filereport")
         if isinstance(report, FileReport):
             job.facts["type_by_content"] = report.type_by_content

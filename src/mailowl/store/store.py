@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import orjson
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -196,7 +196,9 @@ class Store:
                 stmt = (update(jobs).where(jobs.c.id == bindparam("b_id"))
                         .values(state=bindparam("state"), result=bindparam("result"), reason=bindparam("reason"),
                                 rule_results=bindparam("rule_results"), finished_at=bindparam("finished_at"),
-                                type_by_content=bindparam("type_by_content")))
+                                type_by_content=bindparam("type_by_content"), sha1=bindparam("sha1"),
+                                md5=bindparam("md5"), file_extension=bindparam("file_extension"),
+                                type_by_name=bindparam("type_by_name")))
                 await conn.execute(stmt, [{**r, "b_id": r["id"]} for r in updates])
 
     # verdict cache --------------------------------------------------------------------------------------
@@ -307,7 +309,7 @@ def _row(job: Job) -> dict[str, Any]:
             row[key] = value[:limit]
     row.update(
         id=job.id, state=job.state, result=job.result.name if job.result is not None else None,
-        reason=job.reason, rule_results=json.dumps([r.as_dict() for r in job.rules]) if job.rules else None,
+        reason=job.reason, rule_results=orjson.dumps([r.as_dict() for r in job.rules]).decode() if job.rules else None,
         created_at=job.created_at, finished_at=job.finished_at,
     )
     return row
@@ -316,7 +318,7 @@ def _row(job: Job) -> dict[str, Any]:
 def _job_from_row(row: Any) -> Job:
     facts = {k: row[k] for k in _FACT_COLUMNS}
     rules = [RuleResult(r["rule"], Result[r["result"]], r["reason"], True)
-             for r in json.loads(row["rule_results"] or "[]")]
+             for r in orjson.loads(row["rule_results"] or "[]")]
     created = _aware(row["created_at"])
     assert created is not None
     return Job(id=row["id"], facts=facts, created_at=created, state=row["state"],
