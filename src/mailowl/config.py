@@ -66,6 +66,8 @@ class ServerConfig(_Section):
     #: bearer token required on everything but /healthz; empty means no authentication
     token: str = ""
     max_sample_size: Size = 64 * 2**20
+    #: a v1 report request for a pending job waits this many seconds for the verdict before its 404
+    report_wait: float = Field(default=0.25, ge=0, le=30)
     data_dir: Path = Path("mailowl-data")
 
     @field_validator("listen")

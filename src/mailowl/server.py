@@ -51,7 +51,8 @@ def make_asgi(config: Config, service: AnalysisService) -> Any:
                      ", ".join(service.engine.rule_names))
             yield
 
-    return create_app(service, config.server.max_sample_size, config.server.token, lifespan=lifespan)
+    return create_app(service, config.server.max_sample_size, config.server.token, lifespan=lifespan,
+                      report_wait=config.server.report_wait)
 
 
 def serve(config: Config, engine: Engine | None = None) -> None:
@@ -62,3 +63,4 @@ def serve(config: Config, engine: Engine | None = None) -> None:
     app = make_asgi(config, service)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                 http=CoalescingHttpToolsProtocol, loop="uvloop", timeout_keep_alive=30, server_header=False, proxy_headers=False)
+

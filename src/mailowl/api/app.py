@@ -39,6 +39,8 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 
 
 _RETRY = {"Retry-After": "5"}
+# ASGI servers give header names in lower case
+_UPLOAD_HEADERS = {b"content-type", b"content-length", b"x-content-disposition"}
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -66,7 +68,10 @@ class V1FastPath:
                 await send_json(send, status, payload)
                 return
             if path == "/v1/scan" and method == "POST":
-                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+                headers = {}
+                for key, value in scope["headers"]:
+                    if key in _UPLOAD_HEADERS:
+                        headers[key.decode("latin-1")] = value.decode("latin-1")
                 status, payload, job, _ = await self.api.submit(headers, _body(receive), v2=False)
                 if job is not None:
                     payload = {"job_id": job.id}
@@ -103,9 +108,10 @@ class BearerAuth:
 
 
 class Api:
-    def __init__(self, service: AnalysisService, max_sample_size: int) -> None:
+    def __init__(self, service: AnalysisService, max_sample_size: int, report_wait: float = 0.0) -> None:
         self.service = service
         self.max_sample_size = max_sample_size
+        self.report_wait = report_wait
 
     # PeekabooAV v1 ------------------------------------------------------------------------------------------
     async def root(self, request: Request) -> Response:
@@ -165,6 +171,9 @@ class Api:
         if not job_id:
             return 400, {"message": "job ID missing from request"}
         job = await self.service.store.get_job(job_id)
+        if job is not None and not job.finished and self.report_wait:
+            # answering when the verdict is ready, rather than 404 now, saves v1 clients a round of polling
+            await job.wait(self.report_wait)
         if job is None or not job.finished:
             return 404, {"message": f"No analysis result yet for job {job_id}"}
         assert job.result is not None
@@ -238,8 +247,9 @@ async def _crash(request: Request, exc: Exception) -> Response:
 
 
 def create_app(service: AnalysisService, max_sample_size: int, token: str = "",
-               lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]] | None = None) -> Any:
-    api = Api(service, max_sample_size)
+               lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]] | None = None,
+               report_wait: float = 0.0) -> Any:
+    api = Api(service, max_sample_size, report_wait)
     routes = [
         Route("/", api.root, methods=["GET"]),
         Route("/ping", api.ping, methods=["GET"]),

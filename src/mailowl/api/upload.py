@@ -101,7 +101,14 @@ def _full_disposition(value: str) -> tuple[str | None, str | None]:
     return field_name, filename
 
 
+_FORM_BOUNDARY = re.compile(r'^\s*multipart/form-data\s*;\s*boundary=("?)([0-9A-Za-z\'()+_,./:=?-]{1,70})\1\s*$', re.I)
+
+
 def boundary_of(content_type: str) -> bytes | None:
+    """The form's boundary; None if the body is not multipart/form-data, b"" if the boundary is missing."""
+    quick = _FORM_BOUNDARY.match(content_type)
+    if quick:
+        return quick.group(2).encode("ascii")
     msg = email.message.Message()
     msg["content-type"] = content_type
     if msg.get_content_type() != "multipart/form-data":

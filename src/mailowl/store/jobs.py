@@ -44,7 +44,8 @@ class Job:
         if self._done is None:
             self._done = asyncio.Event()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._done.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._done.wait()
 
     def as_dict(self) -> dict[str, Any]:
         return {
