@@ -76,9 +76,26 @@ class OleReport:
         return str(self.suspicious)
 
 
+# Containers olevba can find macros in: OLE, zip (OOXML), Word 2003 XML / flat OPC, MHTML.
+_OFFICE_MAGIC = (b"\xd0\xcf\x11\xe0", b"PK\x03\x04")
+_OFFICE_MARKERS = (b"<?xml", b"<?mso-application", b"mime-version", b"<pkg:package")
+# olevba copies the whole content when it falls back to reading it as text; above this size, content
+# that is no Office container skips olevba (it could not hold a macro, only VBA-looking text).
+_TEXT_FALLBACK_LIMIT = 16 * 2**20
+
+
+def could_hold_macros(content: bytes) -> bool:
+    if content.startswith(_OFFICE_MAGIC):
+        return True
+    head = content[:4096].lower()
+    return any(marker in head for marker in _OFFICE_MARKERS)
+
+
 @analyzer("olereport")
 def ole_report(sample: Sample, env: object = None) -> OleReport:
     name = sample.filename
+    if sample.size > _TEXT_FALLBACK_LIMIT and not could_hold_macros(sample.content):
+        return OleReport()
     try:
         parser = VBA_Parser(name, data=bytes(sample.content))
     except Exception:
