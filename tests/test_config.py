@@ -41,7 +41,7 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     ('[store]\nmax_age = "forever"\n', {}, "[store] max_age: expected a duration such as 90s"),
     ('[server]\nmax_sample_size = "lots"\n', {}, "[server] max_sample_size: expected a size"),
     ('[store]\nurl = "sqlite:///x.db"\n', {}, "[store] url: expected an async SQLAlchemy URL"),
-    ("", {"MAILOWL_QUEUE_THREADS": "many"}, "[queue] threads: Input should be a valid integer"),
+    ("", {"MAILOWL_QUEUE_WORKERS": "many"}, "[queue] workers: Input should be a valid integer"),
     ("", {"MAILOWL_SERVER_PORT": "1"}, "environment variable MAILOWL_SERVER_PORT: no such setting"),
     ("[server\n", {}, "not valid TOML"),
 ])

@@ -65,7 +65,7 @@ async def test_identity_in_flight_is_analysed_once(tmp_path: Path) -> None:
 
 async def test_full_queue_refuses_instead_of_growing(tmp_path: Path) -> None:
     counting = CountingEngine(engine(["final_rule"]), delay=0.5)
-    service = await make_service(tmp_path, counting, queue_size=2, workers=1, threads=1)
+    service = await make_service(tmp_path, counting, queue_size=2, workers=1)
     try:
         accepted = []
         with pytest.raises(QueueFull):

@@ -98,10 +98,8 @@ class StoreConfig(_Section):
 class QueueConfig(_Section):
     #: jobs waiting for a worker; beyond this the API answers 503 with Retry-After
     size: int = Field(default=10_000, ge=1)
-    #: analyses running at once
-    workers: int = Field(default=16, ge=1, le=1024)
-    #: threads for CPU-heavy analysers (libmagic, oletools, archives, YARA, pefile)
-    threads: int = Field(default=2, ge=1, le=64)
+    #: worker threads running analyses (libmagic, oletools, archives, YARA, pefile) at once
+    workers: int = Field(default=2, ge=1, le=64)
 
 
 class AnalysisConfig(_Section):

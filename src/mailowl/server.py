@@ -24,8 +24,7 @@ log = logging.getLogger("mailowl")
 def build_service(config: Config, engine: Engine | None = None) -> AnalysisService:
     engine = engine or load_engine(config.ruleset_path)
     store = Store(config.store_url, max_age=config.store.max_age, memory_jobs=config.store.memory_jobs)
-    return AnalysisService(engine, store, queue_size=config.queue.size, workers=config.queue.workers,
-                           threads=config.queue.threads)
+    return AnalysisService(engine, store, queue_size=config.queue.size, workers=config.queue.workers)
 
 
 @contextlib.asynccontextmanager

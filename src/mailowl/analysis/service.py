@@ -1,14 +1,17 @@
-"""The analysis service: a bounded queue, a pool of workers, CPU-heavy work in threads.
+"""The analysis service: a bounded queue feeding a pool of worker threads.
 
-An identity already being analysed is analysed once; every duplicate job gets that verdict.
+The event loop only does bookkeeping; analysers (libmagic, oletools, archives, YARA, pefile) run in the
+worker threads. An identity already being analysed is analysed once: every duplicate job waits for that
+verdict. A sample whose verdict is cached and decided by the first rule (`known`) is answered at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,42 +25,67 @@ from mailowl.store import Job, Store
 
 log = logging.getLogger(__name__)
 
+_Work = tuple[Sample, KnownReport, float]
+
 
 class QueueFull(Exception):
     pass
 
 
 class AnalysisService:
-    def __init__(self, engine: Engine, store: Store, queue_size: int = 10_000, workers: int = 16,
-                 threads: int = 2) -> None:
+    def __init__(self, engine: Engine, store: Store, queue_size: int = 10_000, workers: int = 2) -> None:
         self.engine = engine
         self.store = store
-        self.queue: asyncio.Queue[tuple[Job, Sample, bool]] = asyncio.Queue(queue_size)
+        self.queue_size = queue_size
         self.workers = workers
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="analysis")
-        self._tasks: list[asyncio.Task[None]] = []
-        self._in_flight: dict[str, asyncio.Future[Verdict]] = {}
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        #: identity -> jobs waiting for the analysis of that identity (the first one started it)
+        self._in_flight: dict[str, list[Job]] = {}
+        #: analyses queued or running
+        self.pending = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._lookups: set[asyncio.Task[None]] = set()
+        #: queued sample (by object id) -> its in-flight key
+        self._keys: dict[int, str] = {}
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._tasks = [asyncio.create_task(self._work(), name=f"worker-{i}") for i in range(self.workers)]
+        for i in range(self.workers):
+            thread = threading.Thread(target=self._thread, name=f"analysis-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        for _ in self._threads:
+            self._work.put(None)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, 30)
+        self._threads = []
 
     def submit(self, sample: Sample, force: bool = False) -> Job:
         """Queue a sample; raises QueueFull instead of letting the queue grow without bound. ``force``
-        analyses it afresh even if a verdict is cached or the same identity is being analysed."""
-        if self.queue.full():
+        analyses it afresh even if a verdict is cached."""
+        if self.pending >= self.queue_size:
             metrics.REJECTED.inc()
             raise QueueFull()
         job = self.store.new_job(sample.facts(light=True))
-        self.queue.put_nowait((job, sample, force))
-        metrics.QUEUE_DEPTH.set(self.queue.qsize())
+        identity = sample.identity
+        key = f"force:{job.id}" if force else identity
+        waiting = self._in_flight.get(key)
+        if waiting is not None:
+            waiting.append(job)
+            return job
+        self._in_flight[key] = [job]
+        self.pending += 1
+        metrics.QUEUE_DEPTH.set(self.pending)
+        journal = KnownReport() if force else self.store.journal_now(identity)
+        if journal is None:
+            task = asyncio.get_running_loop().create_task(self._look_up(key, sample))
+            self._lookups.add(task)
+            task.add_done_callback(self._lookups.discard)
+        else:
+            self._start(key, sample, journal)
         return job
 
     async def analyse(self, sample: Sample, wait: float | None = None) -> Job:
@@ -66,47 +94,40 @@ class AnalysisService:
         await job.wait(wait if wait is not None else 3600.0)
         return job
 
-    async def _work(self) -> None:
-        while True:
-            job, sample, force = await self.queue.get()
-            metrics.QUEUE_DEPTH.set(self.queue.qsize())
-            try:
-                await self._process(job, sample, force)
-            except Exception as exc:  # never lose a job: a broken analysis is failed, not bad
-                log.exception("analysis of job %d crashed", job.id)
-                self._finish(job, sample, Verdict(Result.failed, f"Analysis crashed: {exc}", []))
-
-    async def _process(self, job: Job, sample: Sample, force: bool) -> None:
-        started = time.perf_counter()
-        identity = sample.identity
-        running = self._in_flight.get(identity)
-        if force:
-            verdict = await self._analyse(sample, KnownReport())
-            self._finish(job, sample, verdict)
-            return
-        if running is not None:
-            verdict = await asyncio.shield(running)
-            self._finish(job, sample, verdict)
-            return
-        assert self._loop is not None
-        future: asyncio.Future[Verdict] = self._loop.create_future()
-        self._in_flight[identity] = future
+    async def _look_up(self, key: str, sample: Sample) -> None:
         try:
-            verdict = await self._analyse(sample, await self.store.journal(identity))
-        except Exception as exc:
-            verdict = Verdict(Result.failed, f"Analysis failed: {exc}", [])
-        finally:
-            del self._in_flight[identity]
-        future.set_result(verdict)
-        self._finish(job, sample, verdict)
-        metrics.LATENCY.observe(time.perf_counter() - started)
+            journal = await self.store.journal(sample.identity)
+        except Exception as exc:  # the store is down: the sample is failed, never bad, and never lost
+            self._complete(key, sample, Verdict(Result.failed, f"Verdict cache unavailable: {exc}", []), 0.0)
+            return
+        self._start(key, sample, journal)
 
-    async def _analyse(self, sample: Sample, journal: KnownReport) -> Verdict:
-        assert self._loop is not None
+    def _start(self, key: str, sample: Sample, journal: KnownReport) -> None:
+        started = time.perf_counter()
         if journal.known and self.engine.decided_by_known:
-            # the cached verdict decides at the first rule: no heavy work, so no thread hand-off
-            return self._run(sample, journal)
-        return await self._loop.run_in_executor(self.pool, self._run, sample, journal)
+            # the cached verdict decides at the first rule: nothing heavy, no thread hand-off
+            self._complete(key, sample, self._run(sample, journal), started)
+        else:
+            self._keys[id(sample)] = key
+            self._work.put((sample, journal, started))
+
+    def _thread(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            sample, journal, started = item
+            try:
+                verdict = self._run(sample, journal)
+                sample.facts()  # hashes computed here, in the worker thread
+            except Exception as exc:  # never lose a job: a broken analysis is failed, not bad
+                log.exception("analysis of %s crashed", sample.sha256)
+                verdict = Verdict(Result.failed, f"Analysis crashed: {type(exc).__name__}: {exc}", [])
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._finished_in_thread, sample, verdict, started)
+
+    def _finished_in_thread(self, sample: Sample, verdict: Verdict, started: float) -> None:
+        self._complete(self._keys.pop(id(sample)), sample, verdict, started)
 
     def _run(self, sample: Sample, journal: KnownReport) -> Verdict:
         top = sample.identity
@@ -118,15 +139,20 @@ class AnalysisService:
             assert self._loop is not None
             return asyncio.run_coroutine_threadsafe(self.store.journal(identity), self._loop).result(60)
 
-        verdict = self.engine.run(sample, lookup)
-        sample.facts()  # hashes computed here, in the worker thread
-        return verdict
+        return self.engine.run(sample, lookup)
 
-    def _finish(self, job: Job, sample: Sample, verdict: Verdict) -> None:
-        job.facts = sample.facts()
-        report: Any = sample.reports.get("filereport")
+    def _complete(self, key: str, sample: Sample, verdict: Verdict, started: float) -> None:
+        self.pending -= 1
+        metrics.QUEUE_DEPTH.set(self.pending)
+        if started:
+            metrics.LATENCY.observe(time.perf_counter() - started)
+        facts: dict[str, Any] = sample.facts()
+        report = sample.reports.get("filereport")
         if isinstance(report, FileReport):
-            job.facts["type_by_content"] = report.type_by_content
-        job.finish(verdict.result, verdict.reason, verdict.rules, datetime.now(UTC))
-        self.store.job_finished(job)
-        metrics.JOBS.labels(result=verdict.result.name).inc()
+            facts["type_by_content"] = report.type_by_content
+        now = datetime.now(UTC)
+        for job in self._in_flight.pop(key, []):
+            job.facts = dict(facts)
+            job.finish(verdict.result, verdict.reason, verdict.rules, now)
+            self.store.job_finished(job)
+            metrics.JOBS.labels(result=verdict.result.name).inc()

@@ -207,7 +207,7 @@ class Api:
 
     # operations ---------------------------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
-        return JSON({"status": "ok", "queue": self.service.queue.qsize()})
+        return JSON({"status": "ok", "queue": self.service.pending})
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

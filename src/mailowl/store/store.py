@@ -211,8 +211,8 @@ class Store:
             entries = [e for e in entries if e.analysis_time >= cutoff]
         return KnownReport(list(entries))
 
-    async def journal(self, identity: str) -> KnownReport:
-        """Earlier finished, non-failed verdicts for an identity, no older than max_age."""
+    def journal_now(self, identity: str) -> KnownReport | None:
+        """The journal if it can be had without the database, else None."""
         entries = self._journals.get(identity)
         if entries is not None:
             self._journals.move_to_end(identity)
@@ -220,6 +220,13 @@ class Store:
         if self._seen is not None and identity not in self._seen:
             self._journals.put(identity, [])
             return KnownReport()
+        return None
+
+    async def journal(self, identity: str) -> KnownReport:
+        """Earlier finished, non-failed verdicts for an identity, no older than max_age."""
+        report = self.journal_now(identity)
+        if report is not None:
+            return report
         future = self._lookups.get(identity)
         if future is None:
             future = asyncio.get_running_loop().create_future()
