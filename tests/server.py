@@ -24,6 +24,7 @@ class Server:
                  env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "mailowl.toml").write_text(config)
         args = [sys.executable, "-m", "mailowl.cli", "serve", "--config", str(tmp / "mailowl.toml"),
                 "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(tmp / "data")]

@@ -147,6 +147,24 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mail_inspect(args: argparse.Namespace) -> int:
+    from mailowl.mail.parts import extract
+
+    try:
+        raw = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+    except OSError as exc:
+        print(f"mailowl: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    extraction = extract(raw, include_bodies=args.bodies)
+    out: dict[str, Any] = {"parts": [p.summary() for p in extraction.parts]}
+    if args.verbose_findings:
+        out["findings"] = extraction.findings
+        out["part_findings"] = [p.findings for p in extraction.parts]
+        out["incomplete"] = extraction.incomplete
+    print(json.dumps(out, indent=2, ensure_ascii=False))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailowl", description="Email attachment analysis gateway")
     p.add_argument("--version", action="version", version=f"mailowl {__version__}")
@@ -163,6 +181,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-config", help="validate configuration and ruleset, exit non-zero on error")
     _config_args(s)
     s.set_defaults(func=cmd_check_config)
+    mail = sub.add_parser("mail", help="mail tools").add_subparsers(dest="mail_command", required=True)
+    s = mail.add_parser("inspect", help="list the parts mailowl would analyse in a message (.eml)")
+    s.add_argument("file", help="message file, or - for standard input")
+    s.add_argument("--bodies", action="store_true", help="include text bodies, as mail.include_bodies does")
+    s.add_argument("--findings", dest="verbose_findings", action="store_true",
+                   help="also show decoding problems found")
+    s.set_defaults(func=cmd_mail_inspect)
     db = sub.add_parser("db", help="store maintenance").add_subparsers(dest="db_command", required=True)
     s = db.add_parser("purge", help="delete finished jobs older than a given age")
     s.add_argument("--config", type=Path)

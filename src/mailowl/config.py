@@ -8,7 +8,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -107,8 +107,55 @@ class AnalysisConfig(_Section):
     ruleset: str = ""
 
 
+class MilterConfig(_Section):
+    #: HOST:PORT for Postfix's smtpd_milters = inet:HOST:PORT; empty turns the milter off
+    listen: str = "127.0.0.1:8101"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            split_listen(value)
+        return value
+
+
+class SmtpConfig(_Section):
+    #: HOST:PORT for the SMTP content filter (Postfix content_filter, Exim, OpenSMTPD); empty = off
+    listen: str = ""
+    #: where accepted mail is re-injected
+    next_hop: str = "127.0.0.1:10026"
+
+    @field_validator("listen", "next_hop")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            split_listen(value)
+        return value
+
+
+Action = Literal["reject", "quarantine", "discard"]
+Fallback = Literal["tempfail", "reject", "accept"]
+
+
+class MailConfig(_Section):
+    #: seconds to wait for verdicts before answering 451 4.7.1 "try again later"
+    wait: float = Field(default=2.0, ge=0, le=60)
+    on_bad: Action = "reject"
+    on_failed: Fallback = "tempfail"
+    on_unparsable: Fallback = "tempfail"
+    reject_text: str = "Message rejected: it carries a malicious attachment"
+    tempfail_text: str = "Attachment analysis in progress, try again later"
+    include_bodies: bool = False
+    max_parts: int = Field(default=1000, ge=1)
+    max_depth: int = Field(default=10, ge=1, le=100)
+    header: str = "X-Mailowl-Result"
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
+    milter: MilterConfig = MilterConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    mail: MailConfig = MailConfig()
     store: StoreConfig = StoreConfig()
     queue: QueueConfig = QueueConfig()
     analysis: AnalysisConfig = AnalysisConfig()

@@ -14,6 +14,10 @@ from mailowl.analysis.service import AnalysisService
 from mailowl.api.app import create_app
 from mailowl.api.transport import CoalescingHttpToolsProtocol
 from mailowl.config import Config, split_listen
+from mailowl.mail.milter import MilterServer
+from mailowl.mail.parts import MailLimits
+from mailowl.mail.policy import MailPolicy
+from mailowl.mail.smtp import ContentFilter
 from mailowl.rules.engine import Engine
 from mailowl.rules.loader import load_engine
 from mailowl.store import Store
@@ -42,11 +46,42 @@ async def running(service: AnalysisService) -> AsyncIterator[AnalysisService]:
         await service.store.close()
 
 
+def mail_policy(config: Config) -> MailPolicy:
+    mail = config.mail
+    return MailPolicy(wait=mail.wait, on_bad=mail.on_bad, on_failed=mail.on_failed, on_unparsable=mail.on_unparsable,
+                      reject_text=mail.reject_text, tempfail_text=mail.tempfail_text,
+                      include_bodies=mail.include_bodies, header=mail.header,
+                      limits=MailLimits(max_depth=mail.max_depth, max_parts=mail.max_parts,
+                                        max_total_size=config.server.max_sample_size * 4))
+
+
+@contextlib.asynccontextmanager
+async def ingress(config: Config, service: AnalysisService) -> AsyncIterator[None]:
+    """The mail listeners: milter and SMTP content filter, as configured."""
+    policy = mail_policy(config)
+    started: list[Any] = []
+    try:
+        if config.milter.listen:
+            milter = MilterServer(service, policy)
+            await milter.start(*split_listen(config.milter.listen))
+            started.append(milter)
+        if config.smtp.listen:
+            smtp = ContentFilter(service, policy, split_listen(config.smtp.listen), split_listen(config.smtp.next_hop),
+                                 config.server.max_sample_size * 4)
+            await smtp.start()
+            started.append(smtp)
+        yield
+    finally:
+        for listener in reversed(started):
+            await listener.stop()
+
+
 def make_asgi(config: Config, service: AnalysisService) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
-        async with running(service):
-            log.info("mailowl ready on http://%s with rules: %s", config.server.listen,
+        async with running(service), ingress(config, service):
+            log.info("mailowl ready on http://%s (milter %s, content filter %s) with rules: %s",
+                     config.server.listen, config.milter.listen or "off", config.smtp.listen or "off",
                      ", ".join(service.engine.rule_names))
             yield
 

@@ -205,6 +205,18 @@ class Api:
         await job.wait(wait)
         return JSON(job.as_dict())
 
+    async def message_v2(self, request: Request) -> Response:
+        support_id = request.path_params["support_id"]
+        record = await self.service.store.get_message(support_id)
+        if record is None:
+            return error(404, f"No message with support id {support_id}")
+        parts = []
+        for part in record.get("parts") or []:
+            job = await self.service.store.get_job(part["job_id"]) if part.get("job_id") else None
+            parts.append({**part, "job": job.as_dict() if job is not None else None})
+        created = record["created_at"]
+        return JSON({**record, "created_at": created.isoformat() if created else None, "parts": parts})
+
     # operations ---------------------------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
         return JSON({"status": "ok", "queue": self.service.pending})
@@ -255,6 +267,7 @@ def create_app(service: AnalysisService, max_sample_size: int, token: str = "",
         Route("/ping", api.ping, methods=["GET"]),
         Route("/v2/scan", api.scan_v2, methods=["POST"]),
         Route("/v2/jobs/{job_id}", api.job_v2, methods=["GET"]),
+        Route("/v2/messages/{support_id}", api.message_v2, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),

@@ -30,3 +30,21 @@ jobs = Table(
     Index("ix_jobs_identity_finished", "identity", "finished_at"),
     Index("ix_jobs_created", "created_at"),
 )
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("support_id", String(32), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("ingress", String(16), nullable=False),
+    Column("message_id", String(255)),
+    Column("mail_from", String(512)),
+    Column("rcpt_to", Text),
+    Column("client_ip", String(64)),
+    Column("size", BigInteger),
+    Column("action", String(16), nullable=False),
+    Column("reply", Text),
+    Column("parts", Text),
+    Column("findings", Text),
+    Index("ix_messages_created", "created_at"),
+)

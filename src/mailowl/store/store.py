@@ -26,7 +26,7 @@ from mailowl.results import Result, RuleResult
 from mailowl.store.bloom import IdentityBloom
 from mailowl.store.jobs import DONE, PENDING, Job
 from mailowl.store.migrate import upgrade
-from mailowl.store.models import jobs
+from mailowl.store.models import jobs, messages
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class Store:
         self._next_id = 1
         self._inserts: dict[int, Job] = {}
         self._finished: dict[int, Job] = {}
+        self._messages: list[dict[str, Any]] = []
+        self._recent_messages: _Lru = _Lru(10_000)
         self._lookups: dict[str, asyncio.Future[KnownReport]] = {}
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
@@ -153,9 +155,31 @@ class Store:
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().first()
         return _job_from_row(row) if row is not None else None
 
+    def record_message(self, record: dict[str, Any]) -> None:
+        """Queue a decided message (see mailowl.mail.policy) for writing."""
+        self._recent_messages.put(record["support_id"], record)
+        self._messages.append(record)
+        self._wake.set()
+
+    async def get_message(self, support_id: str) -> dict[str, Any] | None:
+        record = self._recent_messages.get(support_id)
+        if record is not None:
+            return dict(record)
+        if self.engine is None:
+            return None
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(messages).where(messages.c.support_id == support_id))).mappings().first()
+        if row is None:
+            return None
+        record = dict(row)
+        for key in ("rcpt_to", "parts", "findings"):
+            record[key] = orjson.loads(record[key] or "[]")
+        record["created_at"] = _aware(record["created_at"])
+        return record
+
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        while self._inserts or self._finished:
+        while self._inserts or self._finished or self._messages:
             self._flushed.clear()
             self._wake.set()
             await self._flushed.wait()
@@ -168,30 +192,34 @@ class Store:
                 # let a round's jobs finish first: most rows are then written once, already finished
                 await asyncio.sleep(self.linger)
             self._wake.clear()
-            inserts, finished = self._inserts, self._finished
-            self._inserts, self._finished = {}, {}
-            if inserts or finished:
+            inserts, finished, msgs = self._inserts, self._finished, self._messages
+            self._inserts, self._finished, self._messages = {}, {}, []
+            if inserts or finished or msgs:
                 try:
-                    await self._write(inserts, finished)
+                    await self._write(inserts, finished, msgs)
                 except Exception:
                     log.exception("store write failed; retrying in 1 s")
                     # put them back so nothing is lost; newer states win
                     self._inserts = inserts | self._inserts
                     self._finished = finished | self._finished
+                    self._messages = msgs + self._messages
                     await asyncio.sleep(1)
                     self._wake.set()
                     continue
             self._flushed.set()
-            if self._closing and not self._inserts and not self._finished:
+            if self._closing and not self._inserts and not self._finished and not self._messages:
                 return
 
-    async def _write(self, inserts: dict[int, Job], finished: dict[int, Job]) -> None:
+    async def _write(self, inserts: dict[int, Job], finished: dict[int, Job], msgs: list[dict[str, Any]]) -> None:
         assert self.engine is not None
+        message_rows = [_message_row(m) for m in msgs]
         new_rows = [_row(job) for job in inserts.values()]
         updates = [_row(job) for jid, job in finished.items() if jid not in inserts]
         async with self.engine.begin() as conn:
             if new_rows:
                 await conn.execute(jobs.insert(), new_rows)
+            if message_rows:
+                await conn.execute(messages.insert(), message_rows)
             if updates:
                 stmt = (update(jobs).where(jobs.c.id == bindparam("b_id"))
                         .values(state=bindparam("state"), result=bindparam("result"), reason=bindparam("reason"),
@@ -282,6 +310,7 @@ class Store:
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
         async with self.engine.begin() as conn:
             result = await conn.execute(delete(jobs).where(jobs.c.created_at < cutoff, jobs.c.state == DONE))
+            await conn.execute(delete(messages).where(messages.c.created_at < cutoff))
         self._journals.clear()
         await self._load_seen()
         for job_id in [j for j, job in self._jobs.items() if job.created_at < cutoff and job.finished]:
@@ -319,6 +348,17 @@ def _row(job: Job) -> dict[str, Any]:
         reason=job.reason, rule_results=orjson.dumps([r.as_dict() for r in job.rules]).decode() if job.rules else None,
         created_at=job.created_at, finished_at=job.finished_at,
     )
+    return row
+
+
+def _message_row(record: dict[str, Any]) -> dict[str, Any]:
+    row = dict(record)
+    for key in ("rcpt_to", "parts", "findings"):
+        row[key] = orjson.dumps(row.get(key) or []).decode()
+    for key in ("message_id", "mail_from"):
+        limit = getattr(messages.c[key].type, "length", None)
+        if limit and isinstance(row.get(key), str):
+            row[key] = row[key][:limit]
     return row
 
 

@@ -4,10 +4,10 @@ from mailowl.rules.context import AnalysisContext
 
 
 def sample_types(ctx: AnalysisContext) -> set[str]:
-    """Type by content and by name, plus the declared type."""
-    types = set(ctx.report("filereport").mime_types)
+    """Type by content and by name, plus the declared type; lower case, as MIME types compare."""
+    types = {t.lower() for t in ctx.report("filereport").mime_types}
     if ctx.sample.type_declared is not None:
-        types.add(ctx.sample.type_declared)
+        types.add(ctx.sample.type_declared.lower())
     return types
 
 
@@ -19,7 +19,7 @@ class FileTypeOnWhitelist(Rule):
     options = {"whitelist": Option("list", required=True)}
 
     def setup(self) -> None:
-        self.allowed = set(self.config["whitelist"])
+        self.allowed = {t.lower() for t in self.config["whitelist"]}
 
     def evaluate(self, ctx: AnalysisContext) -> RuleResult:
         types = sample_types(ctx)
@@ -36,7 +36,7 @@ class FileTypeOnGreylist(Rule):
     options = {"greylist": Option("list", required=True)}
 
     def setup(self) -> None:
-        self.listed = set(self.config["greylist"])
+        self.listed = {t.lower() for t in self.config["greylist"]}
 
     def evaluate(self, ctx: AnalysisContext) -> RuleResult:
         types = sample_types(ctx)

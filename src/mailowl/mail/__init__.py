@@ -1,0 +1,1 @@
+"""Mail ingress: messages -> parts -> samples, and the per-message decision."""

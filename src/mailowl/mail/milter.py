@@ -1,0 +1,186 @@
+"""Milter listener for Postfix (protocol version 6), on kilter.protocol's message codecs.
+
+Lean on purpose: it asks Postfix not to send what it does not need (HELO, DATA, unknown commands) and
+not to wait for replies to events it only records (connect, sender, recipients, headers, body chunks),
+collects the message (spooled to disk past 1 MiB), and decides once, at end-of-message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import tempfile
+from typing import Any
+
+from kilter.protocol import messages as m
+from kilter.protocol.buffer import SimpleBuffer
+
+from mailowl.analysis.service import AnalysisService
+from mailowl.mail.policy import Decision, Envelope, MailPolicy, decide
+
+log = logging.getLogger(__name__)
+
+_HEAD = struct.Struct("!L")
+_MAX_FRAME = 8 * 2**20
+_SPOOL = 2**20
+
+_WANT_OFF = (m.ProtocolFlags.NO_HELO | m.ProtocolFlags.NO_UNKNOWN | m.ProtocolFlags.NO_DATA)
+_NO_REPLY = (m.ProtocolFlags.NR_CONNECT | m.ProtocolFlags.NR_SENDER | m.ProtocolFlags.NR_RECIPIENT
+             | m.ProtocolFlags.NR_HEADER | m.ProtocolFlags.NR_END_OF_HEADERS | m.ProtocolFlags.NR_BODY)
+_ACTIONS = m.ActionFlags.ADD_HEADERS | m.ActionFlags.QUARANTINE
+# events that need a reply unless negotiated away
+_EVENTS = {m.Connect.ident: m.ProtocolFlags.NR_CONNECT, m.EnvelopeFrom.ident: m.ProtocolFlags.NR_SENDER,
+           m.EnvelopeRecipient.ident: m.ProtocolFlags.NR_RECIPIENT, m.Header.ident: m.ProtocolFlags.NR_HEADER,
+           m.EndOfHeaders.ident: m.ProtocolFlags.NR_END_OF_HEADERS, m.Body.ident: m.ProtocolFlags.NR_BODY,
+           m.Helo.ident: m.ProtocolFlags.NR_HELO, m.Data.ident: m.ProtocolFlags.NR_DATA,
+           m.Unknown.ident: m.ProtocolFlags.NR_UNKNOWN}
+
+
+def _frame(message: m.Message) -> bytes:
+    buf = SimpleBuffer(64 * 1024)
+    message.pack(buf)
+    return bytes(buf[:])
+
+
+_CONTINUE = _frame(m.Continue())
+_ACCEPT = _frame(m.Accept())
+_DISCARD = _frame(m.Discard())
+
+
+class _Session:
+    def __init__(self, server: MilterServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader, self.writer = reader, writer
+        self.flags = m.ProtocolFlags(0)
+        self.client_ip: str | None = None
+        self.client_name: str | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.envelope = Envelope(client_ip=self.client_ip, client_name=self.client_name)
+        self.spool: Any = None
+
+    def _spool(self) -> Any:
+        if self.spool is None:
+            self.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115 (closed in _finish)
+        return self.spool
+
+    def _reply_needed(self, ident: int) -> bool:
+        flag = _EVENTS.get(ident)
+        return flag is not None and flag not in self.flags
+
+    async def run(self) -> None:
+        try:
+            while True:
+                head = await self.reader.readexactly(4)
+                (size,) = _HEAD.unpack(head)
+                if not 0 < size <= _MAX_FRAME:
+                    log.warning("milter: frame of %d bytes from the MTA, closing", size)
+                    return
+                frame = await self.reader.readexactly(size)
+                if not await self._handle(frame[0], memoryview(frame)[1:]):
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            if self.spool is not None:
+                self.spool.close()
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+    async def _handle(self, ident: int, data: memoryview) -> bool:
+        if ident == m.Body.ident:
+            self._spool().write(data)
+        elif ident == m.Header.ident:
+            try:
+                header = m.Header.from_buffer(data)
+                name, value = header.name.encode("ascii"), bytes(header.value)
+            except (UnicodeDecodeError, ValueError, AssertionError):  # a non-ASCII header name: keep its bytes
+                name, _, value = bytes(data).rstrip(b"\x00").partition(b"\x00")
+            self._spool().write(name + b": " + value + b"\r\n")
+        elif ident == m.EndOfHeaders.ident:
+            self._spool().write(b"\r\n")
+        elif ident == m.EnvelopeRecipient.ident:
+            self.envelope.rcpt_to.append(_address(m.EnvelopeRecipient.from_buffer(data).recipient))
+        elif ident == m.EnvelopeFrom.ident:
+            self.envelope.mail_from = _address(m.EnvelopeFrom.from_buffer(data).sender)
+        elif ident == m.Connect.ident:
+            connect = m.Connect.from_buffer(data)
+            self.client_name = connect.hostname
+            self.client_ip = str(connect.address) if connect.address is not None else None
+            self.envelope.client_ip, self.envelope.client_name = self.client_ip, self.client_name
+        elif ident == m.EndOfMessage.ident:
+            if len(data):
+                self._spool().write(data)
+            await self._finish()
+            return True
+        elif ident == m.Negotiate.ident:
+            offer = m.Negotiate.from_buffer(data)
+            self.flags = (_WANT_OFF | _NO_REPLY) & offer.protocol_flags
+            answer = m.Negotiate(6, _ACTIONS & offer.action_flags, self.flags)
+            self.writer.write(_frame(answer))
+            return True
+        elif ident == m.Abort.ident:
+            if self.spool is not None:
+                self.spool.close()
+            self._reset()
+            return True
+        elif ident == m.Close.ident:
+            return False
+        elif ident == m.Macro.ident:
+            return True
+        if self._reply_needed(ident):
+            self.writer.write(_CONTINUE)
+        return True
+
+    async def _finish(self) -> None:
+        spool = self._spool()
+        spool.seek(0)
+        raw = spool.read()
+        spool.close()
+        self.spool = None
+        try:
+            decision = await decide(self.server.service, raw, self.envelope, self.server.policy, "milter")
+        except Exception as exc:  # never accept what we could not judge
+            log.exception("milter: deciding failed")
+            self.writer.write(_frame(m.ReplyCode(f"451 4.7.1 Temporary analysis error: {exc}\x00".encode())))
+            self._reset()
+            return
+        self.writer.write(self._answer(decision))
+        self._reset()
+
+    def _answer(self, decision: Decision) -> bytes:
+        if decision.action in ("reject", "tempfail"):
+            return _frame(m.ReplyCode(f"{decision.reply}\x00".encode("utf-8", "replace")))
+        if decision.action == "discard":
+            return _DISCARD
+        out = _frame(m.AddHeader(self.server.policy.header, decision.header_value.encode()))
+        if decision.action == "quarantine":
+            out += _frame(m.Quarantine(f"mailowl: {decision.verdict} (support-id: {decision.support_id})"))
+        return out + _ACCEPT
+
+
+def _address(raw: Any) -> str:
+    text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "replace")
+    return text.strip().removeprefix("<").removesuffix(">")
+
+
+class MilterServer:
+    def __init__(self, service: AnalysisService, policy: MailPolicy) -> None:
+        self.service = service
+        self.policy = policy
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._connected, host, port)
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _Session(self, reader, writer).run()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -1,0 +1,152 @@
+"""The per-message decision shared by every ingress path (milter, SMTP content filter, ...).
+
+bad part -> reject 554 5.7.1 (or quarantine / discard); a part still being analysed -> tempfail
+451 4.7.1 while the analysis goes on, so the sender's retry is answered from the cache; failed part ->
+configurable, tempfail by default; a message that cannot be taken apart completely -> tempfail unless
+configured otherwise; else accept with an X-Mailowl-Result header. Every decision gets a support id that
+finds the message, its parts and their verdicts in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mailowl.analysis.sample import Sample
+from mailowl.analysis.service import AnalysisService, QueueFull
+from mailowl.mail.parts import Extraction, MailLimits, extract
+from mailowl.results import Result
+from mailowl.store import Job
+
+# Messages below this size are taken apart on the event loop: a thread hand-off would cost more.
+_INLINE_PARSE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class MailPolicy:
+    #: seconds to wait for verdicts before answering "try again later"
+    wait: float = 2.0
+    on_bad: str = "reject"  # reject | quarantine | discard
+    on_failed: str = "tempfail"  # tempfail | reject | accept
+    on_unparsable: str = "tempfail"  # tempfail | reject | accept
+    reject_text: str = "Message rejected: it carries a malicious attachment"
+    tempfail_text: str = "Attachment analysis in progress, try again later"
+    failed_text: str = "Attachment analysis failed, try again later"
+    unparsable_text: str = "Message could not be taken apart for analysis, try again later"
+    include_bodies: bool = False
+    limits: MailLimits = field(default_factory=MailLimits)
+    header: str = "X-Mailowl-Result"
+
+
+@dataclass
+class Envelope:
+    mail_from: str = ""
+    rcpt_to: list[str] = field(default_factory=list)
+    client_ip: str | None = None
+    client_name: str | None = None
+
+
+@dataclass
+class Decision:
+    action: str  # accept | tempfail | reject | quarantine | discard
+    code: int
+    status: str
+    text: str
+    support_id: str
+    verdict: str
+    jobs: list[Job] = field(default_factory=list)
+    extraction: Extraction | None = None
+
+    @property
+    def reply(self) -> str:
+        return f"{self.code} {self.status} {self.text} (support-id: {self.support_id})"
+
+    @property
+    def header_value(self) -> str:
+        return f"{self.verdict}; support-id={self.support_id}"
+
+
+def new_support_id() -> str:
+    return f"mo-{secrets.token_hex(6)}"
+
+
+def _worst(jobs: list[Job]) -> tuple[str, list[Job]]:
+    """('pending' or the worst result name, the jobs that carry it)."""
+    pending = [j for j in jobs if not j.finished]
+    if pending:
+        return "pending", pending
+    worst = max((j.result for j in jobs if j.result is not None), default=None)
+    if worst is None:
+        return "clean", []
+    return worst.name, [j for j in jobs if j.result is worst]
+
+
+async def decide(service: AnalysisService, raw: bytes, envelope: Envelope, policy: MailPolicy,
+                 ingress: str) -> Decision:
+    support_id = new_support_id()
+    if len(raw) <= _INLINE_PARSE:
+        extraction = extract(raw, policy.limits, policy.include_bodies)
+    else:
+        extraction = await asyncio.to_thread(extract, raw, policy.limits, policy.include_bodies)
+    jobs: list[Job] = []
+    try:
+        for part in extraction.parts:
+            jobs.append(service.submit(Sample(part.content, part.filename, part.content_type, part.disposition)))
+    except QueueFull:
+        decision = Decision("tempfail", 451, "4.7.1", "Analysis queue is full, try again later", support_id,
+                            "pending", jobs, extraction)
+        _record(service, decision, raw, envelope, ingress)
+        return decision
+    if policy.wait > 0 and any(not j.finished for j in jobs):
+        await asyncio.wait([asyncio.ensure_future(j.wait(policy.wait)) for j in jobs if not j.finished])
+    verdict, _ = _worst(jobs)
+    decision = _judge(verdict, extraction, policy, support_id)
+    decision.jobs, decision.extraction = jobs, extraction
+    _record(service, decision, raw, envelope, ingress)
+    return decision
+
+
+def _judge(verdict: str, extraction: Extraction, policy: MailPolicy, support_id: str) -> Decision:
+    def action(name: str, text: str, verdict_: str) -> Decision:
+        if name == "reject":
+            return Decision("reject", 554, "5.7.1", text, support_id, verdict_)
+        if name == "tempfail":
+            return Decision("tempfail", 451, "4.7.1", text, support_id, verdict_)
+        if name in ("quarantine", "discard"):
+            return Decision(name, 250, "2.7.0", f"Message {name}d: {text}", support_id, verdict_)
+        return Decision("accept", 250, "2.0.0", "OK", support_id, verdict_)
+
+    if verdict == Result.bad.name:
+        return action(policy.on_bad, policy.reject_text, verdict)
+    if verdict == "pending":
+        return action("tempfail", policy.tempfail_text, verdict)
+    if extraction.incomplete:
+        return action(policy.on_unparsable, policy.unparsable_text, "unparsable")
+    if verdict == Result.failed.name:
+        return action(policy.on_failed, policy.failed_text, verdict)
+    return action("accept", "", verdict)
+
+
+def _record(service: AnalysisService, decision: Decision, raw: bytes, envelope: Envelope, ingress: str) -> None:
+    extraction = decision.extraction
+    parts: list[dict[str, Any]] = []
+    if extraction is not None:
+        for part, job in zip(extraction.parts, decision.jobs, strict=False):
+            parts.append({**part.summary(), "job_id": job.id, "findings": part.findings})
+    message_id = None
+    head = raw[:65536]
+    for line in head.split(b"\n"):
+        if line.lower().startswith(b"message-id:"):
+            message_id = line.split(b":", 1)[1].strip().decode("utf-8", "replace")
+            break
+        if line in (b"", b"\r"):
+            break
+    service.store.record_message({
+        "support_id": decision.support_id, "created_at": datetime.now(UTC), "ingress": ingress,
+        "message_id": message_id, "mail_from": envelope.mail_from, "rcpt_to": envelope.rcpt_to,
+        "client_ip": envelope.client_ip, "size": len(raw), "action": decision.action, "reply": decision.reply,
+        "parts": parts, "findings": extraction.findings if extraction else [],
+    })
