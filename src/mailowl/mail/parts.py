@@ -10,6 +10,7 @@ message/rfc822 are walked (depth-limited), uuencoded blocks are pulled out of te
 from __future__ import annotations
 
 import binascii
+import contextlib
 import email.header
 import email.policy
 import email.utils
@@ -145,10 +146,8 @@ def _filename(msg: Message) -> str | None:
         return None
     name = str(name)
     if "=?" in name:
-        try:
+        with contextlib.suppress(Exception):
             name = str(email.header.make_header(email.header.decode_header(name)))
-        except Exception:
-            pass
     return basename(name.strip())
 
 
