@@ -23,6 +23,23 @@ from typing import Any
 
 from mailowl.analysis.sample import basename
 
+class _Policy(email.policy.EmailPolicy):
+    """policy.default, remembering parsed header values: the parser asks for a part's Content-Type
+    several times, and each answer would otherwise parse the header afresh."""
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        key = (name, value)
+        parsed = _PARSED.get(key)
+        if parsed is None:
+            parsed = super().header_fetch_parse(name, value)
+            if len(_PARSED) > 4096:
+                _PARSED.clear()
+            _PARSED[key] = parsed
+        return parsed
+
+
+_PARSED: dict[tuple[str, str], Any] = {}
+_POLICY = _Policy()
 _UU_BEGIN = re.compile(rb"^begin(?:-base64)? +([0-7]{3,4}) +(.+?)\r?$", re.M)
 _TNEF_TYPES = {"application/ms-tnef", "application/vnd.ms-tnef"}
 
@@ -85,7 +102,6 @@ class _Walker:
             return
         for defect in msg.defects:
             self.out.findings.append(f"{type(defect).__name__}: {defect}".rstrip(": "))
-        ctype = _content_type(msg)
         if msg.is_multipart():
             if depth >= self.limits.max_depth:
                 self._stop(f"nested deeper than {self.limits.max_depth} levels")
@@ -95,11 +111,10 @@ class _Walker:
                 if isinstance(sub, Message):
                     self.walk(sub, depth + 1)
             return
-        self.leaf(msg, ctype, depth)
+        self.leaf(msg)
 
-    def leaf(self, msg: Message, ctype: str, depth: int) -> None:
-        filename = _filename(msg)
-        disposition = _disposition(msg)
+    def leaf(self, msg: Message) -> None:
+        ctype, disposition, filename = _describe(msg)
         findings: list[str] = []
         content = _decode(msg, findings)
         is_body = filename is None and disposition != "attachment" and ctype in ("text/plain", "text/html")
@@ -119,28 +134,33 @@ class _Walker:
         self.add(Part(filename, ctype, disposition, content, findings))
 
 
-def _content_type(msg: Message) -> str:
+def _header(msg: Message, name: str) -> tuple[str | None, dict[str, Any]]:
+    """(value, parameters) of a MIME header, each header parsed once; parameters are RFC 2231-decoded."""
     try:
-        return msg.get_content_type()
+        header: Any = msg.get(name)
     except Exception:
-        return "application/octet-stream"
-
-
-def _disposition(msg: Message) -> str | None:
+        return None, {}
+    if header is None:
+        return None, {}
+    value = getattr(header, "content_type", None) or getattr(header, "content_disposition", None)
     try:
-        value = msg.get_content_disposition()
+        params = dict(getattr(header, "params", {}) or {})
     except Exception:
-        return None
-    return value.lower() if value else None
+        params = {}
+    return (str(value).lower() if value else None), params
 
 
-def _filename(msg: Message) -> str | None:
-    name: Any
-    try:
-        name = msg.get_filename() or msg.get_param("name")
-    except Exception:
-        name = None
-    if isinstance(name, tuple):  # a bare RFC 2231 triple from the compat32 policy
+def _describe(msg: Message) -> tuple[str, str | None, str | None]:
+    """(content type, disposition, filename) of a leaf part."""
+    ctype, ctype_params = _header(msg, "content-type")
+    if ctype is None or "/" not in ctype:
+        ctype = "text/plain" if msg.get_default_type() == "text/plain" else msg.get_default_type()
+    disposition, disp_params = _header(msg, "content-disposition")
+    return ctype, disposition, _filename(disp_params.get("filename") or ctype_params.get("name"))
+
+
+def _filename(name: Any) -> str | None:
+    if isinstance(name, tuple):  # an undecodable RFC 2231 triple
         name = email.utils.collapse_rfc2231_value(name)
     if not name:
         return None
@@ -219,7 +239,7 @@ def extract(raw: bytes, limits: MailLimits | None = None, include_bodies: bool =
     """The parts of a message in the order found; never raises for bad input."""
     walker = _Walker(limits or MailLimits(), include_bodies)
     try:
-        msg = BytesParser(policy=email.policy.default).parsebytes(raw)
+        msg = BytesParser(policy=_POLICY).parsebytes(raw)
     except Exception as exc:  # the parser is lenient; this is for the truly unexpected
         walker.out.findings.append(f"message could not be parsed: {exc}")
         walker.out.incomplete = True
