@@ -25,7 +25,7 @@ def names(raw: bytes, **kwargs: object) -> list[str | None]:
 
 def message(body: str, ctype: str = 'multipart/mixed; boundary="b"', extra: str = "") -> bytes:
     return (f"From: a@example.org\r\nTo: b@example.net\r\nSubject: t\r\nMIME-Version: 1.0\r\n{extra}"
-            f"Content-Type: {ctype}\r\n\r\n{body}").encode("utf-8")
+            f"Content-Type: {ctype}\r\n\r\n{body}").encode()
 
 
 @pytest.mark.parametrize(("sample", "expected"), [

@@ -160,3 +160,21 @@ def test_swaks_attachment(owl: Server, rx: Postfix, tmp_path: Path) -> None:
     assert "451 4.7.1" in first
     second = subprocess.run(args, capture_output=True, text=True, timeout=60).stdout
     assert "554 5.7.1" in second
+
+
+def test_quarantine_puts_bad_mail_on_hold(tmp_path: Path) -> None:
+    milter = free_port()
+    owl = Server(tmp_path / "owl", f'[milter]\nlisten = "127.0.0.1:{milter}"\n[mail]\non_bad = "quarantine"\n')
+    rx = receiver(tmp_path / "rx", milter)
+    try:
+        code, _ = send(rx.port, mail(BAT, "run.bat", subject="held"))
+        assert code == 250  # accepted, but held for review instead of delivered
+        deadline = __import__("time").monotonic() + 20
+        while "!" not in rx.queue() and __import__("time").monotonic() < deadline:
+            __import__("time").sleep(0.2)
+        assert "!" in rx.queue()  # postqueue marks held mail with "!"
+        assert rx.delivered() == []
+        assert "milter triggers HOLD action" in rx.log.read_text()
+    finally:
+        rx.stop()
+        owl.stop()

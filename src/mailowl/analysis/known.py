@@ -15,6 +15,16 @@ class JournalEntry:
     reason: str
 
 
+def append_compact(journal: list[JournalEntry], entry: JournalEntry) -> None:
+    """Append, keeping only the first and the last entry of a run of equal verdicts: a sample seen a
+    million times with the same verdict costs two entries, and every answer stays the same."""
+    if (len(journal) >= 2 and journal[-1].result == entry.result == journal[-2].result
+            and journal[-1].reason == entry.reason == journal[-2].reason):
+        journal[-1] = entry
+    else:
+        journal.append(entry)
+
+
 @dataclass(slots=True)
 class KnownReport:
     """Earlier finished, non-failed verdicts, oldest first, already limited to the configured max age."""

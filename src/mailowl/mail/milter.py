@@ -72,17 +72,28 @@ class _Session:
         return flag is not None and flag not in self.flags
 
     async def run(self) -> None:
+        buf = bytearray()
         try:
             while True:
-                head = await self.reader.readexactly(4)
-                (size,) = _HEAD.unpack(head)
-                if not 0 < size <= _MAX_FRAME:
-                    log.warning("milter: frame of %d bytes from the MTA, closing", size)
+                chunk = await self.reader.read(256 * 1024)
+                if not chunk:
                     return
-                frame = await self.reader.readexactly(size)
-                if not await self._handle(frame[0], memoryview(frame)[1:]):
-                    return
-        except (asyncio.IncompleteReadError, ConnectionError):
+                buf += chunk
+                # every complete frame in what arrived; Postfix streams many without waiting for replies
+                start = 0
+                while len(buf) - start >= 4:
+                    (size,) = _HEAD.unpack_from(buf, start)
+                    if not 0 < size <= _MAX_FRAME:
+                        log.warning("milter: frame of %d bytes from the MTA, closing", size)
+                        return
+                    if len(buf) - start - 4 < size:
+                        break
+                    frame = bytes(buf[start + 4:start + 4 + size])
+                    start += 4 + size
+                    if not await self._handle(frame[0], memoryview(frame)[1:]):
+                        return
+                del buf[:start]
+        except ConnectionError:
             return
         finally:
             if self.spool is not None:

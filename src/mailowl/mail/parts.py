@@ -23,6 +23,7 @@ from typing import Any
 
 from mailowl.analysis.sample import basename
 
+
 class _Policy(email.policy.EmailPolicy):
     """policy.default, remembering parsed header values: the parser asks for a part's Content-Type
     several times, and each answer would otherwise parse the header afresh."""

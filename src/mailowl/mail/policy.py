@@ -135,7 +135,9 @@ def _record(service: AnalysisService, decision: Decision, raw: bytes, envelope: 
     parts: list[dict[str, Any]] = []
     if extraction is not None:
         for part, job in zip(extraction.parts, decision.jobs, strict=False):
-            parts.append({**part.summary(), "job_id": job.id, "findings": part.findings})
+            parts.append({"filename": part.filename, "content_type": part.content_type,
+                          "disposition": part.disposition, "size": len(part.content),
+                          "sha256": job.facts.get("sha256"), "job_id": job.id, "findings": part.findings})
     message_id = None
     head = raw[:65536]
     for line in head.split(b"\n"):

@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, delete, event, func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from mailowl.analysis.known import JournalEntry, KnownReport
+from mailowl.analysis.known import JournalEntry, KnownReport, append_compact
 from mailowl.results import Result, RuleResult
 from mailowl.store.bloom import IdentityBloom
 from mailowl.store.jobs import DONE, PENDING, Job
@@ -141,7 +141,7 @@ class Store:
                 self._seen.add(job.identity)
             journal = self._journals.get(job.identity)
             if journal is not None:
-                journal.append(JournalEntry(job.finished_at, job.result, job.reason or ""))
+                append_compact(journal, JournalEntry(job.finished_at, job.result, job.reason or ""))
         self._finished[job.id] = job
         self._wake.set()
 
@@ -235,8 +235,8 @@ class Store:
 
     def _report(self, entries: list[JournalEntry]) -> KnownReport:
         cutoff = self._cutoff()
-        if cutoff is not None:
-            entries = [e for e in entries if e.analysis_time >= cutoff]
+        if cutoff is not None and entries and entries[0].analysis_time < cutoff:
+            entries[:] = [e for e in entries if e.analysis_time >= cutoff]  # old verdicts are forgotten for good
         return KnownReport(list(entries))
 
     def journal_now(self, identity: str) -> KnownReport | None:
@@ -300,7 +300,8 @@ class Store:
                 for row in await conn.execute(stmt):
                     when = _aware(row.finished_at)
                     assert when is not None
-                    found.setdefault(row.identity, []).append(JournalEntry(when, Result[row.result], row.reason or ""))
+                    append_compact(found.setdefault(row.identity, []),
+                                   JournalEntry(when, Result[row.result], row.reason or ""))
         return found
 
     # maintenance ----------------------------------------------------------------------------------------
