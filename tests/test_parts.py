@@ -152,3 +152,39 @@ def test_fuzz_mime_shaped_input(pieces: list[str]) -> None:
         "utf-8", "surrogateescape")
     result = extract(raw, MailLimits(max_parts=30, max_depth=4))
     assert len(result.parts) <= 30
+
+
+def _crlf(raw: bytes) -> bytes:
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def test_streaming_extraction_agrees_with_the_in_memory_one() -> None:
+    import io
+
+    from mailowl.mail.stream import extract_file
+
+    messages = [_crlf(p.read_bytes()) for p in sorted(SAMPLES.glob("*.eml"))]
+    big = base64.encodebytes(b"\x00\x01binary" * 200_000).decode()
+    messages.append(message("--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/pdf; "
+                            "name*=utf-8''gro%C3%9F.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n" + big
+                            + "--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nContent-Type: "
+                            "application/x-sh; name=x.sh\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+                            "echo =3D hi\r\n--b--\r\n"))
+    for raw in messages:
+        in_memory = [p.summary() for p in extract(raw).parts]
+        streamed = [p.summary() for p in extract_file(io.BytesIO(raw)).parts]
+        assert streamed == in_memory
+    assert [p["filename"] for p in in_memory] == ["groß.pdf", "x.sh"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(MIME_PIECES, max_size=60))
+def test_fuzz_streaming_extraction(pieces: list[str]) -> None:
+    import io
+
+    from mailowl.mail.stream import extract_file
+
+    raw = ("MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + "".join(pieces)).encode(
+        "utf-8", "surrogateescape")
+    result = extract_file(io.BytesIO(raw), MailLimits(max_parts=30, max_depth=4))
+    assert len(result.parts) <= 30

@@ -149,17 +149,16 @@ class _Session:
 
     async def _finish(self) -> None:
         spool = self._spool()
-        spool.seek(0)
-        raw = spool.read()
-        spool.close()
         self.spool = None
         try:
-            decision = await decide(self.server.service, raw, self.envelope, self.server.policy, "milter")
+            decision = await decide(self.server.service, spool, self.envelope, self.server.policy, "milter")
         except Exception as exc:  # never accept what we could not judge
             log.exception("milter: deciding failed")
             self.writer.write(_frame(m.ReplyCode(f"451 4.7.1 Temporary analysis error: {exc}\x00".encode())))
             self._reset()
             return
+        finally:
+            spool.close()
         self.writer.write(self._answer(decision))
         self._reset()
 

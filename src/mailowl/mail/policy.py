@@ -13,11 +13,12 @@ import asyncio
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 from mailowl.analysis.sample import Sample
 from mailowl.analysis.service import AnalysisService, QueueFull
 from mailowl.mail.parts import Extraction, MailLimits, extract
+from mailowl.mail.stream import extract_file
 from mailowl.results import Result
 from mailowl.store import Job
 
@@ -84,13 +85,22 @@ def _worst(jobs: list[Job]) -> tuple[str, list[Job]]:
     return worst.name, [j for j in jobs if j.result is worst]
 
 
-async def decide(service: AnalysisService, raw: bytes, envelope: Envelope, policy: MailPolicy,
+async def decide(service: AnalysisService, message: bytes | IO[bytes], envelope: Envelope, policy: MailPolicy,
                  ingress: str) -> Decision:
+    """Judge a message given as bytes or as a seekable file (large messages stay on disk)."""
     support_id = new_support_id()
-    if len(raw) <= _INLINE_PARSE:
-        extraction = extract(raw, policy.limits, policy.include_bodies)
+    if isinstance(message, bytes):
+        raw, size = message, len(message)
     else:
+        size = message.seek(0, 2)
+        message.seek(0)
+        raw = message.read() if size <= _INLINE_PARSE else message.read(65536)
+    if size <= _INLINE_PARSE:
+        extraction = extract(raw, policy.limits, policy.include_bodies)
+    elif isinstance(message, bytes):
         extraction = await asyncio.to_thread(extract, raw, policy.limits, policy.include_bodies)
+    else:
+        extraction = await asyncio.to_thread(extract_file, message, policy.limits, policy.include_bodies)
     jobs: list[Job] = []
     try:
         for part in extraction.parts:
@@ -98,14 +108,14 @@ async def decide(service: AnalysisService, raw: bytes, envelope: Envelope, polic
     except QueueFull:
         decision = Decision("tempfail", 451, "4.7.1", "Analysis queue is full, try again later", support_id,
                             "pending", jobs, extraction)
-        _record(service, decision, raw, envelope, ingress)
+        _record(service, decision, raw, size, envelope, ingress)
         return decision
     if policy.wait > 0 and any(not j.finished for j in jobs):
         await asyncio.wait([asyncio.ensure_future(j.wait(policy.wait)) for j in jobs if not j.finished])
     verdict, _ = _worst(jobs)
     decision = _judge(verdict, extraction, policy, support_id)
     decision.jobs, decision.extraction = jobs, extraction
-    _record(service, decision, raw, envelope, ingress)
+    _record(service, decision, raw, size, envelope, ingress)
     return decision
 
 
@@ -130,7 +140,8 @@ def _judge(verdict: str, extraction: Extraction, policy: MailPolicy, support_id:
     return action("accept", "", verdict)
 
 
-def _record(service: AnalysisService, decision: Decision, raw: bytes, envelope: Envelope, ingress: str) -> None:
+def _record(service: AnalysisService, decision: Decision, raw: bytes, size: int, envelope: Envelope,
+            ingress: str) -> None:
     extraction = decision.extraction
     parts: list[dict[str, Any]] = []
     if extraction is not None:
@@ -149,6 +160,6 @@ def _record(service: AnalysisService, decision: Decision, raw: bytes, envelope: 
     service.store.record_message({
         "support_id": decision.support_id, "created_at": datetime.now(UTC), "ingress": ingress,
         "message_id": message_id, "mail_from": envelope.mail_from, "rcpt_to": envelope.rcpt_to,
-        "client_ip": envelope.client_ip, "size": len(raw), "action": decision.action, "reply": decision.reply,
+        "client_ip": envelope.client_ip, "size": size, "action": decision.action, "reply": decision.reply,
         "parts": parts, "findings": extraction.findings if extraction else [],
     })
