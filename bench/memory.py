@@ -55,7 +55,8 @@ def main() -> None:
         port = free_port()
         proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "mailowl"), "serve", "--listen", f"127.0.0.1:{port}",
                                  "--data-dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "MAILOWL_SERVER_MAX_SAMPLE_SIZE": f"{args.mib + 1}MiB"})
+                                env={**os.environ, "MAILOWL_SERVER_MAX_SAMPLE_SIZE": f"{args.mib + 1}MiB",
+                                     "MAILOWL_MILTER_LISTEN": ""})
         try:
             wait_http(port, proc)
             upload(port, 1 << 20)  # warm up every analyser once

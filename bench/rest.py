@@ -66,7 +66,8 @@ def mailowl_server(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     data = tmp / f"data-{port}"
     proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "mailowl"), "serve", "--ruleset", str(RULESET),
                              "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MAILOWL_MILTER_LISTEN": ""})
     wait_http(port, proc)
     return proc, port
 

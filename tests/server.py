@@ -31,8 +31,10 @@ class Server:
         if ruleset:
             args += ["--ruleset", ruleset]
         self.log = (tmp / "server.log").open("w")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        extra = dict(env or {})
+        if "[milter]" not in config:  # several servers run at once: never the default milter port
+            extra.setdefault("MAILOWL_MILTER_LISTEN", f"127.0.0.1:{free_port()}")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **extra})
         self.token = (env or {}).get("MAILOWL_SERVER_TOKEN", "")
         deadline = time.monotonic() + 30
         while True:
