@@ -151,8 +151,9 @@ class AnalysisService:
         if isinstance(report, FileReport):
             facts["type_by_content"] = report.type_by_content
         now = datetime.now(UTC)
+        counter = metrics.job_counter(verdict.result.name)
         for job in self._in_flight.pop(key, []):
             job.facts = dict(facts)
             job.finish(verdict.result, verdict.reason, verdict.rules, now)
             self.store.job_finished(job)
-            metrics.JOBS.labels(result=verdict.result.name).inc()
+            counter.inc()

@@ -1,0 +1,114 @@
+"""KLMS/KSMG verdict lines: ``<status>: key="value": key=value, key="v1, v2": part "name", av-status="..."``.
+
+One compiled regex finds every ``key=value`` and ``part "name"`` token; a line is accepted only if its
+tokens, separators and status account for every character, so a line that is not in this format is
+reported as such (``_grokparsefailure``) instead of being half-parsed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# syslog prefixes: RFC 3164 ("Nov 23 10:00:00 host prog[pid]: "), ISO timestamps, RFC 5424
+_PREFIX_3164 = re.compile(r"(?:<\d{1,3}>)?([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (\S+) ([^\s\[:]+)(?:\[(\d+)\])?: ")
+_PREFIX_ISO = re.compile(r"(?:<\d{1,3}>)?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?) (\S+) "
+                         r"([^\s\[:]+)(?:\[(\d+)\])?: ")
+_PREFIX_5424 = re.compile(r"<\d{1,3}>1 (\S+) (\S+) (\S+) (\S+) \S+ (?:-|(?:\[(?:[^\]\\]|\\.)*\])+) ")
+_TOKEN = re.compile(r'(?:^|(?<=: )|(?<=, ))(?:part ("(?:[^"\\]|\\.)*")|([A-Za-z][\w-]*)=("(?:[^"\\]|\\.)*"|(?:[^,:"]|[,:](?! ))*))')
+_STATUS = re.compile(r"([^:=\"]*?): (?=[A-Za-z][\w-]*=)")
+_ESCAPE = re.compile(r"\\(.)")
+
+INT_FIELDS = {"size", "rules"}
+LIST_FIELDS = {"rcpt_to", "threats"}
+NULL_SENDER = "NULL_SENDER_RFC5321"
+
+
+def _value(raw: str) -> str:
+    if raw.startswith('"'):
+        raw = raw[1:-1]
+        if "\\" in raw:
+            raw = _ESCAPE.sub(r"\1", raw)
+    return raw
+
+
+def split_prefix(line: str) -> tuple[dict[str, Any], str]:
+    """(syslog fields, the rest of the line)."""
+    if not line or line[0] not in "<ADFJMNOS0123456789":
+        return {}, line
+    match = _PREFIX_3164.match(line) or _PREFIX_ISO.match(line)
+    if match:
+        prefix: dict[str, Any] = {"timestamp": match.group(1), "host": match.group(2), "program": match.group(3)}
+        if match.group(4):
+            prefix["pid"] = int(match.group(4))
+        return prefix, line[match.end():]
+    match = _PREFIX_5424.match(line)
+    if match:
+        prefix = {"timestamp": match.group(1), "host": match.group(2), "program": match.group(3)}
+        if match.group(4).isdigit():
+            prefix["pid"] = int(match.group(4))
+        return prefix, line[match.end():]
+    return {}, line
+
+
+def parse(line: str) -> dict[str, Any]:
+    """One document for one line, with the flat field names of the well-known grok pattern; a line that
+    is not a verdict line comes back as ``{"message": line, "tags": ["_grokparsefailure"]}``."""
+    line = line.rstrip("\r\n")
+    prefix, rest = split_prefix(line)
+    status = _STATUS.match(rest)
+    if status is None:
+        return {"message": line, "tags": ["_grokparsefailure"], **prefix}
+    body = rest[status.end():]
+    tokens = _TOKEN.findall(body)
+    # every character must be accounted for: tokens plus one two-character separator between each pair
+    covered = 2 * (len(tokens) - 1)
+    for part, key, value in tokens:
+        covered += len(part) + 5 if part else len(key) + 1 + len(value)
+    if not tokens or covered != len(body):
+        return {"message": line, "tags": ["_grokparsefailure"], **prefix}
+    doc: dict[str, Any] = dict(prefix)
+    doc["status_letter"] = status.group(1)
+    parts: list[dict[str, Any]] = []
+    target = doc
+    for part, key, value in tokens:
+        if part:
+            target = {"name": _value(part)}
+            parts.append(target)
+            continue
+        name = key.replace("-", "_")
+        text = _value(value)
+        if name in INT_FIELDS and text.isdigit():
+            target[name] = int(text)
+        elif name in LIST_FIELDS:
+            target[name] = [v for v in text.split(", ") if v] if text else []
+        else:
+            target[name] = text
+    if "mail_from" in doc and not doc["mail_from"]:
+        doc["mail_from"] = NULL_SENDER
+    if parts:
+        doc["part"] = parts
+    return doc
+
+
+def _quote(value: object) -> str:
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+    return f'"{text}"'
+
+
+def format_line(status: str, fields: list[tuple[str, object]], parts: list[tuple[str, list[tuple[str, object]]]]) -> str:
+    """Write a verdict line; lists become one quoted value joined with ", "; ints stay unquoted."""
+    out = [status.replace(":", " ")]
+    for key, value in fields:
+        out.append(f"{key}={_render(value)}")
+    for name, part_fields in parts:
+        out.append(f"part {_quote(name)}, " + ", ".join(f"{k}={_render(v)}" for k, v in part_fields))
+    return ": ".join(out)
+
+
+def _render(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return _quote(", ".join(str(v).replace(", ", ",") for v in value))
+    return _quote(value)
