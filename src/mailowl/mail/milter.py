@@ -8,7 +8,6 @@ collects the message (spooled to disk past 1 MiB), and decides once, at end-of-m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 import tempfile
@@ -49,13 +48,19 @@ _ACCEPT = _frame(m.Accept())
 _DISCARD = _frame(m.Discard())
 
 
-class _Session:
-    def __init__(self, server: MilterServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+class _Session(asyncio.Protocol):
+    """One MTA connection. Frames are handled as they arrive, without a task per connection or per frame;
+    only end-of-message, which waits for verdicts, runs as a task, and frames arriving meanwhile wait."""
+
+    def __init__(self, server: MilterServer) -> None:
         self.server = server
-        self.reader, self.writer = reader, writer
+        self.transport: Any = None
         self.flags = m.ProtocolFlags(0)
         self.client_ip: str | None = None
         self.client_name: str | None = None
+        self.buf = bytearray()
+        self.busy = False
+        self.closed = False
         self._reset()
 
     def _reset(self) -> None:
@@ -67,42 +72,50 @@ class _Session:
             self.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115 (closed in _finish)
         return self.spool
 
-    def _reply_needed(self, ident: int) -> bool:
-        flag = _EVENTS.get(ident)
-        return flag is not None and flag not in self.flags
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses
 
-    async def run(self) -> None:
-        buf = bytearray()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.spool is not None and not self.busy:
+            self.spool.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.busy:
+            self._process()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _process(self) -> None:
+        """Every complete frame in the buffer; Postfix streams many without waiting for replies."""
+        buf, start = self.buf, 0
         try:
-            while True:
-                chunk = await self.reader.read(256 * 1024)
-                if not chunk:
+            while len(buf) - start >= 4:
+                (size,) = _HEAD.unpack_from(buf, start)
+                if not 0 < size <= _MAX_FRAME:
+                    log.warning("milter: frame of %d bytes from the MTA, closing", size)
+                    self._close()
                     return
-                buf += chunk
-                # every complete frame in what arrived; Postfix streams many without waiting for replies
-                start = 0
-                while len(buf) - start >= 4:
-                    (size,) = _HEAD.unpack_from(buf, start)
-                    if not 0 < size <= _MAX_FRAME:
-                        log.warning("milter: frame of %d bytes from the MTA, closing", size)
-                        return
-                    if len(buf) - start - 4 < size:
-                        break
-                    frame = bytes(buf[start + 4:start + 4 + size])
-                    start += 4 + size
-                    if not await self._handle(frame[0], memoryview(frame)[1:]):
-                        return
-                del buf[:start]
-        except ConnectionError:
-            return
+                if len(buf) - start - 4 < size:
+                    break
+                frame = bytes(buf[start + 4:start + 4 + size])
+                start += 4 + size
+                if not self._handle(frame[0], memoryview(frame)[1:]):
+                    self._close()
+                    return
+                if self.busy:
+                    break
         finally:
-            if self.spool is not None:
-                self.spool.close()
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
+            del buf[:start]
 
-    async def _handle(self, ident: int, data: memoryview) -> bool:
+    def _handle(self, ident: int, data: memoryview) -> bool:
         if ident == m.Body.ident:
             self._spool().write(data)
         elif ident == m.Header.ident:
@@ -126,7 +139,10 @@ class _Session:
         elif ident == m.EndOfMessage.ident:
             if len(data):
                 self._spool().write(data)
-            await self._finish()
+            self.busy = True
+            task = asyncio.get_running_loop().create_task(self._finish())
+            self.server.tasks.add(task)
+            task.add_done_callback(self.server.tasks.discard)
             return True
         elif ident == m.Negotiate.ident:
             offer = m.Negotiate.from_buffer(data)
@@ -137,7 +153,7 @@ class _Session:
                 # ask for no macros at all: mailowl reads none, and each one costs a frame per event
                 actions |= m.ActionFlags.SETSYMLIST
                 macros = {stage: [] for stage in m.Stage}
-            self.writer.write(_frame(m.Negotiate(6, actions, self.flags, macros)))
+            self._write(_frame(m.Negotiate(6, actions, self.flags, macros)))
             return True
         elif ident == m.Abort.ident:
             if self.spool is not None:
@@ -149,8 +165,9 @@ class _Session:
         elif ident == m.Macro.ident:
             self.server.macro_frames += 1
             return True
-        if self._reply_needed(ident):
-            self.writer.write(_CONTINUE)
+        flag = _EVENTS.get(ident)
+        if flag is not None and flag not in self.flags:
+            self._write(_CONTINUE)
         return True
 
     async def _finish(self) -> None:
@@ -158,15 +175,17 @@ class _Session:
         self.spool = None
         try:
             decision = await decide(self.server.service, spool, self.envelope, self.server.policy, "milter")
+            reply = self._answer(decision)
         except Exception as exc:  # never accept what we could not judge
             log.exception("milter: deciding failed")
-            self.writer.write(_frame(m.ReplyCode(f"451 4.7.1 Temporary analysis error: {exc}\x00".encode())))
-            self._reset()
-            return
+            reply = _frame(m.ReplyCode(f"451 4.7.1 Temporary analysis error: {exc}\x00".encode()))
         finally:
             spool.close()
-        self.writer.write(self._answer(decision))
+        self._write(reply)
         self._reset()
+        self.busy = False
+        if self.buf and not self.closed:
+            self._process()
 
     def _answer(self, decision: Decision) -> bytes:
         if decision.action in ("reject", "tempfail"):
@@ -191,12 +210,10 @@ class MilterServer:
         self._server: asyncio.base_events.Server | None = None
         #: macro frames received; should stay 0 once Postfix honours the empty macro lists
         self.macro_frames = 0
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._connected, host, port)
-
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _Session(self, reader, writer).run()
+        self._server = await asyncio.get_running_loop().create_server(lambda: _Session(self), host, port)
 
     async def stop(self) -> None:
         if self._server is not None:
