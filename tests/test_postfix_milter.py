@@ -178,3 +178,18 @@ def test_quarantine_puts_bad_mail_on_hold(tmp_path: Path) -> None:
     finally:
         rx.stop()
         owl.stop()
+
+
+def test_discard_drops_bad_mail_silently(tmp_path: Path) -> None:
+    milter = free_port()
+    owl = Server(tmp_path / "owl", f'[milter]\nlisten = "127.0.0.1:{milter}"\n[mail]\non_bad = "discard"\n')
+    rx = receiver(tmp_path / "rx", milter)
+    try:
+        assert send(rx.port, mail(BAT, "run.bat", subject="dropped"))[0] == 250
+        assert send(rx.port, mail(PDF, "ok.pdf", "application/pdf", "kept"))[0] == 250
+        delivered = rx.wait_delivered(1)
+        assert len(delivered) == 1 and b"Subject: kept" in delivered[0]
+        assert "milter triggers DISCARD action" in rx.log.read_text()
+    finally:
+        rx.stop()
+        owl.stop()

@@ -1,0 +1,76 @@
+"""The per-message decision, in process, with the real analysis service and store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from mailowl.analysis.service import AnalysisService
+from mailowl.mail.parts import MailLimits
+from mailowl.mail.policy import Envelope, MailPolicy, decide
+from mailowl.rules.loader import build_engine
+from mailowl.store import Store
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[AnalysisService]:
+    engine = build_engine({"rules": ["expressions", "final_rule"], "expressions": {"expression": [
+        "sample.file_extension == 'bat' -> bad", "sample.file_extension == 'oops' -> fail"]}}, "test")
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await store.open()
+    svc = AnalysisService(engine, store)
+    await svc.start()
+    yield svc
+    await svc.stop()
+    await store.close()
+
+
+def message(*attachments: tuple[str, bytes]) -> bytes:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = "a@example.org", "b@example.net", "t", "<t@x>"
+    msg.set_content("body\n")
+    for name, data in attachments:
+        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    return msg.as_bytes()
+
+
+ENV = Envelope("a@example.org", ["b@example.net"], "192.0.2.1")
+
+
+async def test_clean_bad_failed_and_pending(service: AnalysisService) -> None:
+    clean = await decide(service, message(("a.pdf", b"%PDF-1.4 fine")), ENV, MailPolicy(), "test")
+    assert (clean.action, clean.code, clean.verdict) == ("accept", 250, "unknown")
+    assert clean.header_value.startswith("unknown; support-id=mo-")
+    bad = await decide(service, message(("a.pdf", b"%PDF"), ("run.bat", b"@echo off")), ENV, MailPolicy(), "test")
+    assert (bad.action, bad.code, bad.status) == ("reject", 554, "5.7.1") and bad.support_id in bad.reply
+    failed = await decide(service, message(("x.oops", b"data")), ENV, MailPolicy(), "test")
+    assert (failed.action, failed.code) == ("tempfail", 451)
+    assert (await decide(service, message(("y.oops", b"data")), ENV, MailPolicy(on_failed="accept"), "test")).action \
+        == "accept"
+    pending = await decide(service, message(("new.bat", b"@echo new")), ENV, MailPolicy(wait=0), "test")
+    assert (pending.action, pending.code, pending.status, pending.verdict) == ("tempfail", 451, "4.7.1", "pending")
+    quarantined = await decide(service, message(("q.bat", b"@echo q")), ENV, MailPolicy(on_bad="quarantine"), "test")
+    assert quarantined.action == "quarantine"
+
+
+async def test_unparsable_is_never_clean_unless_configured(service: AnalysisService) -> None:
+    many = message(*[(f"f{i}.pdf", f"%PDF {i}".encode()) for i in range(5)])
+    limited = MailPolicy(limits=MailLimits(max_parts=3))
+    decision = await decide(service, many, ENV, limited, "test")
+    assert (decision.action, decision.verdict) == ("tempfail", "unparsable")
+    lenient = MailPolicy(limits=MailLimits(max_parts=3), on_unparsable="accept")
+    assert (await decide(service, many, ENV, lenient, "test")).action == "accept"
+
+
+async def test_support_id_finds_the_message(service: AnalysisService) -> None:
+    decision = await decide(service, message(("run.bat", b"@echo off")), ENV, MailPolicy(), "test")
+    record = await service.store.get_message(decision.support_id)
+    assert record is not None and record["action"] == "reject" and record["message_id"] == "<t@x>"
+    assert record["parts"][0]["filename"] == "run.bat" and record["client_ip"] == "192.0.2.1"
+    await service.store.flush()
+    service.store._recent_messages.clear()
+    again = await service.store.get_message(decision.support_id)
+    assert again is not None and again["rcpt_to"] == ["b@example.net"]
