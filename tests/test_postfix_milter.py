@@ -103,7 +103,7 @@ def test_downloader_gets_451_then_554_with_support_id(owl: Server, rx: Postfix) 
     assert record["mail_from"] == "alice@example.org" and record["rcpt_to"] == ["bob@example.net"]
     assert record["message_id"] == "<cute.cat@example.org>"
     part = record["parts"][0]
-    assert part["filename"] == "cat.png.bat" and part["job"]["result"] == "bad"
+    assert part["filename"] == "cat.png.bat" and part["result"] == "bad"
     assert rx.delivered() == []
 
 
@@ -114,7 +114,7 @@ def test_eicar_is_rejected(owl: Server, rx: Postfix) -> None:
         code, text = send(rx.port, data)
     assert code == 554, text
     record = owl.request("GET", f"/v2/messages/{support_id(text)}")[1]
-    assert "EICAR_Test_File" in record["parts"][0]["job"]["reason"]
+    assert "EICAR_Test_File" in record["parts"][0]["reason"]
 
 
 def test_nothing_is_lost_while_mailowl_is_stopped(tmp_path: Path) -> None:

@@ -88,6 +88,20 @@ class AnalysisService:
             self._start(key, sample, journal)
         return job
 
+    def cached(self, sample: Sample) -> Job | None:
+        """A finished, unstored job if the verdict cache decides this sample at the first rule; else None.
+        Mail ingress uses it so a cached attachment costs no job row: the message record keeps the verdict."""
+        if not self.engine.decided_by_known:
+            return None
+        journal = self.store.journal_now(sample.identity)
+        if journal is None or not journal.known:
+            return None
+        verdict = self._run(sample, journal)
+        job = Job(id=0, facts=sample.facts(light=True), created_at=datetime.now(UTC))
+        job.finish(verdict.result, verdict.reason, verdict.rules, job.created_at)
+        metrics.job_counter(verdict.result.name).inc()
+        return job
+
     async def analyse(self, sample: Sample, wait: float | None = None) -> Job:
         """Submit and wait for the verdict (used in-process by the CLI and mail ingress)."""
         job = self.submit(sample)

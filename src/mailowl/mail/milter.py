@@ -8,7 +8,9 @@ collects the message (spooled to disk past 1 MiB), and decides once, at end-of-m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import struct
 import tempfile
 from typing import Any
@@ -22,6 +24,7 @@ from mailowl.mail.policy import Decision, Envelope, MailPolicy, decide
 log = logging.getLogger(__name__)
 
 _HEAD = struct.Struct("!L")
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _MAX_FRAME = 8 * 2**20
 _SPOOL = 2**20
 
@@ -55,6 +58,7 @@ class _Session(asyncio.Protocol):
     def __init__(self, server: MilterServer) -> None:
         self.server = server
         self.transport: Any = None
+        self.sock: Any = None
         self.flags = m.ProtocolFlags(0)
         self.client_ip: str | None = None
         self.client_name: str | None = None
@@ -74,6 +78,10 @@ class _Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses
+        sock = transport.get_extra_info("socket")
+        self.sock = sock if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) else None
+        if self.sock is not None:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -81,6 +89,11 @@ class _Session(asyncio.Protocol):
             self.spool.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.sock is not None and _QUICKACK is not None:
+            # Postfix sends many small frames and, with no-reply events, we send nothing back until
+            # end-of-message: a delayed ACK would hold Postfix's next frame back (Nagle) for up to 40 ms
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         self.buf += data
         if not self.busy:
             self._process()

@@ -104,7 +104,8 @@ async def decide(service: AnalysisService, message: bytes | IO[bytes], envelope:
     jobs: list[Job] = []
     try:
         for part in extraction.parts:
-            jobs.append(service.submit(Sample(part.content, part.filename, part.content_type, part.disposition)))
+            sample = Sample(part.content, part.filename, part.content_type, part.disposition)
+            jobs.append(service.cached(sample) or service.submit(sample))
     except QueueFull:
         decision = Decision("tempfail", 451, "4.7.1", "Analysis queue is full, try again later", support_id,
                             "pending", jobs, extraction)
@@ -148,7 +149,10 @@ def _record(service: AnalysisService, decision: Decision, raw: bytes, size: int,
         for part, job in zip(extraction.parts, decision.jobs, strict=False):
             parts.append({"filename": part.filename, "content_type": part.content_type,
                           "disposition": part.disposition, "size": len(part.content),
-                          "sha256": job.facts.get("sha256"), "job_id": job.id, "findings": part.findings})
+                          "sha256": job.facts.get("sha256"), "job_id": job.id or None,
+                          # the verdict at decision time; a cached one has no job of its own
+                          "result": job.result.name if job.result is not None else None,
+                          "reason": job.reason, "findings": part.findings})
     message_id = None
     head = raw[:65536]
     for line in head.split(b"\n"):
