@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from mailowl.tomlfile import load_toml
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.I)
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.I)
@@ -223,13 +224,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     origin = "configuration"
     if path is not None:
         origin = str(path)
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        data = load_toml(path, ConfigError)
     data = _merge(data, env_overrides(environ))
     data = _merge(data, overrides or {})
     try:

@@ -118,6 +118,11 @@ class _Walker:
         ctype, disposition, filename = _describe(msg)
         findings: list[str] = []
         content = _decode(msg, findings)
+        self.emit(content, ctype, disposition, filename, findings)
+
+    def emit(self, content: bytes, ctype: str, disposition: str | None, filename: str | None,
+             findings: list[str]) -> None:
+        """A decoded leaf: skipped if it is a body (but for uuencoded blocks in it), unpacked if TNEF."""
         is_body = filename is None and disposition != "attachment" and ctype in ("text/plain", "text/html")
         if is_body:
             for uu in _uudecode(content):

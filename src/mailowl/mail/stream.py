@@ -16,7 +16,7 @@ from typing import IO, Any
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
 
-from mailowl.mail.parts import _POLICY, _TNEF_TYPES, Extraction, MailLimits, Part, _describe, _tnef, _uudecode
+from mailowl.mail.parts import _POLICY, Extraction, MailLimits, _describe, _Walker
 
 _CHUNK = 1 << 20
 _SPOOL = 1 << 20
@@ -85,28 +85,7 @@ def _split_head(source: IO[bytes]) -> tuple[bytes, int]:
     return bytes(head), source.tell()
 
 
-class _StreamWalker:
-    def __init__(self, limits: MailLimits, include_bodies: bool) -> None:
-        self.limits = limits
-        self.include_bodies = include_bodies
-        self.out = Extraction()
-
-    def stop(self, why: str) -> None:
-        if not self.out.incomplete:
-            self.out.findings.append(f"limit reached: {why}; remaining parts not extracted")
-        self.out.incomplete = True
-
-    def add(self, part: Part) -> bool:
-        if len(self.out.parts) >= self.limits.max_parts:
-            self.stop(f"more than {self.limits.max_parts} parts")
-            return False
-        self.out.size += len(part.content)
-        if self.out.size > self.limits.max_total_size:
-            self.stop(f"decoded parts exceed {self.limits.max_total_size} bytes")
-            return False
-        self.out.parts.append(part)
-        return True
-
+class _StreamWalker(_Walker):
     def entity(self, source: IO[bytes], depth: int) -> None:
         """One MIME entity (headers + body) starting at the current position of ``source``."""
         if self.out.incomplete:
@@ -116,7 +95,7 @@ class _StreamWalker:
         ctype, disposition, filename = _describe(msg)
         if ctype.startswith("multipart/") or ctype in ("message/rfc822", "message/global"):
             if depth >= self.limits.max_depth:
-                self.stop(f"nested deeper than {self.limits.max_depth} levels")
+                self._stop(f"nested deeper than {self.limits.max_depth} levels")
                 return
             if ctype.startswith("message/"):
                 self.entity(source, depth + 1)
@@ -127,7 +106,7 @@ class _StreamWalker:
             else:
                 self.multipart(source, boundary, depth)
                 return
-        self.leaf(source, msg, ctype, disposition, filename)
+        self.stream_leaf(source, msg, ctype, disposition, filename)
 
     def multipart(self, source: IO[bytes], boundary: bytes, depth: int) -> None:
         children: list[Any] = []
@@ -189,7 +168,8 @@ class _StreamWalker:
             for spool in children:
                 spool.close()
 
-    def leaf(self, source: IO[bytes], msg: Any, ctype: str, disposition: str | None, filename: str | None) -> None:
+    def stream_leaf(self, source: IO[bytes], msg: Any, ctype: str, disposition: str | None,
+                    filename: str | None) -> None:
         findings: list[str] = []
         cte = str(msg.get("content-transfer-encoding", "")).strip().lower()
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as decoded:
@@ -203,21 +183,7 @@ class _StreamWalker:
                 findings.append("broken base64: undecodable data skipped")
             decoded.seek(0)
             content = decoded.read()
-        is_body = filename is None and disposition != "attachment" and ctype in ("text/plain", "text/html")
-        if is_body:
-            for uu in _uudecode(content):
-                if not self.add(uu):
-                    return
-            if not self.include_bodies:
-                return
-        if ctype in _TNEF_TYPES or (filename or "").lower() == "winmail.dat":
-            members = _tnef(content, findings)
-            if members is not None:
-                for member in members:
-                    if not self.add(member):
-                        return
-                return
-        self.add(Part(filename, ctype, disposition, content, findings))
+        self.emit(content, ctype, disposition, filename, findings)
 
 
 def _boundary(msg: Any) -> bytes | None:

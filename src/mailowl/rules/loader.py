@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import configparser
 import re
-import tomllib
 from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
 
 from mailowl.rules import RULES, Rule, RulesetError, load_builtin_rules
 from mailowl.rules.engine import Engine, Resources
+from mailowl.tomlfile import load_toml
 
 # PeekabooAV rules mailowl knows by name but cannot run; their sections may stay in a migrated file.
 UNSUPPORTED_RULES = {
@@ -84,14 +84,9 @@ def read_peekaboo(path: Path) -> RawRuleset:
 
 
 def read_toml(path: Path) -> RawRuleset:
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise RulesetError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RulesetError(f"{path}: not valid TOML: {exc}") from None
-    return data.get("ruleset", data)
+    data = load_toml(path, RulesetError)
+    ruleset: RawRuleset = data.get("ruleset", data)
+    return ruleset
 
 
 def read_ruleset(path: Path) -> RawRuleset:
