@@ -194,3 +194,21 @@ def test_bearer_token(tmp_path: Path) -> None:
         assert srv.scan(BAT, "a.bat")[0] == 200
     finally:
         srv.stop()
+
+
+def test_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
+    slow = tmp_path / "slow.toml"
+    slow.write_text('rules = ["archive", "final_rule"]\n[archive]\nmax_total_size = 400000000\nmax_ratio = 100000000\n')
+    srv = Server(tmp_path, '[server]\nmax_sample_size = "10MiB"\n[queue]\nsize = 1\nworkers = 1\n', ruleset=str(slow))
+    try:
+        compressor = bz2.BZ2Compressor(1)
+        data = b"".join(compressor.compress(b"\x00" * 2**20) for _ in range(300)) + compressor.flush()
+        first = srv.scan(data, "zeros.bz2")
+        assert first[0] == 200
+        status, payload, headers = srv.scan(b"another sample entirely", "b.bin")
+        assert (status, payload) == (503, {"message": "Analysis queue is full, try again later"})
+        assert headers["retry-after"] == "5"
+        srv.verdict(first[1]["job_id"], 120)
+        assert srv.scan(b"another sample entirely", "b.bin")[0] == 200  # room again
+    finally:
+        srv.stop()
