@@ -36,7 +36,7 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     ('[server]\nlisten = "nowhere"\n', {}, "[server] listen: expected HOST:PORT"),
     ('[server]\nlisten = "127.0.0.1:99999"\n', {}, "[server] listen: expected HOST:PORT"),
     ('[server]\nlisen = "x"\n', {}, "[server] lisen: unknown setting (allowed: listen, token"),
-    ('[sever]\nlisten = "x"\n', {}, "sever: unknown setting (allowed: server, milter, smtp, mail, store, queue, analysis)"),
+    ('[sever]\nlisten = "x"\n', {}, "sever: unknown setting (allowed: server, log, milter, smtp, mail, store, queue, analysis)"),
     ('[queue]\nworkers = 0\n', {}, "[queue] workers: Input should be greater than or equal to 1"),
     ('[store]\nmax_age = "forever"\n', {}, "[store] max_age: expected a duration such as 90s"),
     ('[server]\nmax_sample_size = "lots"\n', {}, "[server] max_sample_size: expected a size"),

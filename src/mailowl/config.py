@@ -152,8 +152,29 @@ class MailConfig(_Section):
     header: str = "X-Mailowl-Result"
 
 
+class LogConfig(_Section):
+    #: "" (off), "stdout", "file:/path", "syslog:unix:/dev/log", "syslog:udp:HOST:PORT", "syslog:tcp:HOST:PORT"
+    target: str = ""
+    format: Literal["klms", "ecs"] = "klms"
+    syslog_format: Literal["rfc3164", "rfc5424"] = "rfc3164"
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if value in ("", "stdout") or (value.startswith("file:") and len(value) > 5):
+            return value
+        if value.startswith("syslog:unix:") and len(value) > 12:
+            return value
+        if value.startswith(("syslog:udp:", "syslog:tcp:")):
+            split_listen(value[11:])
+            return value
+        raise ValueError('expected "", "stdout", "file:/path", "syslog:unix:/dev/log", "syslog:udp:HOST:PORT" '
+                         'or "syslog:tcp:HOST:PORT"')
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
+    log: LogConfig = LogConfig()
     milter: MilterConfig = MilterConfig()
     smtp: SmtpConfig = SmtpConfig()
     mail: MailConfig = MailConfig()

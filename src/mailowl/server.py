@@ -14,6 +14,7 @@ from mailowl.analysis.service import AnalysisService
 from mailowl.api.app import create_app
 from mailowl.api.transport import CoalescingHttpToolsProtocol
 from mailowl.config import Config, split_listen
+from mailowl.logs.verdicts import VerdictLog
 from mailowl.mail.milter import MilterServer
 from mailowl.mail.parts import MailLimits
 from mailowl.mail.policy import MailPolicy
@@ -28,7 +29,9 @@ log = logging.getLogger("mailowl")
 def build_service(config: Config, engine: Engine | None = None) -> AnalysisService:
     engine = engine or load_engine(config.ruleset_path)
     store = Store(config.store_url, max_age=config.store.max_age, memory_jobs=config.store.memory_jobs)
-    return AnalysisService(engine, store, queue_size=config.queue.size, workers=config.queue.workers)
+    log = VerdictLog(config.log.target, config.log.format, config.log.syslog_format)
+    return AnalysisService(engine, store, queue_size=config.queue.size, workers=config.queue.workers,
+                           verdict_log=log)
 
 
 @contextlib.asynccontextmanager
@@ -44,6 +47,7 @@ async def running(service: AnalysisService) -> AsyncIterator[AnalysisService]:
         await service.stop()
         await service.store.flush()
         await service.store.close()
+        service.verdict_log.close()
 
 
 def mail_policy(config: Config) -> MailPolicy:

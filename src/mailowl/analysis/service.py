@@ -19,6 +19,7 @@ from mailowl import metrics
 from mailowl.analysis.filetype import FileReport
 from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
+from mailowl.logs.verdicts import VerdictLog
 from mailowl.results import Result
 from mailowl.rules.engine import Engine, Verdict
 from mailowl.store import Job, Store
@@ -33,8 +34,10 @@ class QueueFull(Exception):
 
 
 class AnalysisService:
-    def __init__(self, engine: Engine, store: Store, queue_size: int = 10_000, workers: int = 2) -> None:
+    def __init__(self, engine: Engine, store: Store, queue_size: int = 10_000, workers: int = 2,
+                 verdict_log: VerdictLog | None = None) -> None:
         self.engine = engine
+        self.verdict_log = verdict_log or VerdictLog()
         self.store = store
         self.queue_size = queue_size
         self.workers = workers
@@ -63,13 +66,14 @@ class AnalysisService:
             await asyncio.to_thread(thread.join, 30)
         self._threads = []
 
-    def submit(self, sample: Sample, force: bool = False) -> Job:
+    def submit(self, sample: Sample, force: bool = False, origin: str = "rest") -> Job:
         """Queue a sample; raises QueueFull instead of letting the queue grow without bound. ``force``
         analyses it afresh even if a verdict is cached."""
         if self.pending >= self.queue_size:
             metrics.REJECTED.inc()
             raise QueueFull()
         job = self.store.new_job(sample.facts(light=True))
+        job.origin = origin
         identity = sample.identity
         key = f"force:{job.id}" if force else identity
         waiting = self._in_flight.get(key)
@@ -171,3 +175,5 @@ class AnalysisService:
             job.finish(verdict.result, verdict.reason, verdict.rules, now)
             self.store.job_finished(job)
             counter.inc()
+            if job.origin == "rest" and self.verdict_log.enabled:
+                self.verdict_log.job(job)

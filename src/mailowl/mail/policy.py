@@ -105,7 +105,7 @@ async def decide(service: AnalysisService, message: bytes | IO[bytes], envelope:
     try:
         for part in extraction.parts:
             sample = Sample(part.content, part.filename, part.content_type, part.disposition)
-            jobs.append(service.cached(sample) or service.submit(sample))
+            jobs.append(service.cached(sample) or service.submit(sample, origin="mail"))
     except QueueFull:
         decision = Decision("tempfail", 451, "4.7.1", "Analysis queue is full, try again later", support_id,
                             "pending", jobs, extraction)
@@ -161,6 +161,7 @@ def _record(service: AnalysisService, decision: Decision, raw: bytes, size: int,
             break
         if line in (b"", b"\r"):
             break
+    service.verdict_log.message(decision, envelope, message_id, size)
     service.store.record_message({
         "support_id": decision.support_id, "created_at": datetime.now(UTC), "ingress": ingress,
         "message_id": message_id, "mail_from": envelope.mail_from, "rcpt_to": envelope.rcpt_to,

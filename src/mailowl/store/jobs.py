@@ -23,6 +23,8 @@ class Job:
     reason: str | None = None
     rules: list[RuleResult] = field(default_factory=list)
     finished_at: datetime | None = None
+    #: who asked: "rest" jobs get a verdict log line of their own, "mail" parts are in their message's line
+    origin: str = "rest"
     _done: asyncio.Event | None = field(default=None, repr=False)
 
     @property
