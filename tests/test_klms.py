@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 from mailowl.logs.klms import format_line, parse
 
 
@@ -36,3 +41,18 @@ def test_written_lines_parse_back() -> None:
     doc = parse(line)
     assert doc["mail_from"] == 'odd "name": here' and doc["rcpt_to"] == ["a@x", "b@y"] and doc["size"] == 42
     assert doc["part"] == [{"name": "in: voice, 1.bat", "av_status": "Infected", "threats": ["expressions"]}]
+
+
+def test_logs_parse_command(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    log.write_text('Nov 23 10:00:00 mx1 klms[12]: clean: message-id="<a@b>": relay-ip="10.0.0.1": action="Skipped": '
+                   'size=5: mail-from="x@y": rcpt-to="a@x.ru, b@y.ru"\nnot a verdict line\n')
+    flat = subprocess.run([sys.executable, "-m", "mailowl.cli", "logs", "parse", "--schema", "klms", str(log)],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    assert [json.loads(line).get("rcpt_to") for line in flat] == [["a@x.ru", "b@y.ru"], None]
+    assert json.loads(flat[1])["tags"] == ["_grokparsefailure"]
+    ecs = subprocess.run([sys.executable, "-m", "mailowl.cli", "logs", "parse"], input=log.read_text(),
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    doc = json.loads(ecs[0])
+    assert doc["email"]["to"]["address"] == ["a@x.ru", "b@y.ru"] and doc["source"]["ip"] == "10.0.0.1"
+    assert doc["klms"]["status_letter"] == "clean" and doc["host"]["hostname"] == "mx1"

@@ -165,6 +165,27 @@ def cmd_mail_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs_parse(args: argparse.Namespace) -> int:
+    import orjson
+
+    from mailowl.logs.klms import parse, to_ecs
+
+    convert = to_ecs if args.schema == "ecs" else None
+    out = sys.stdout.buffer
+    for name in args.files or ["-"]:
+        try:
+            handle = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            print(f"mailowl: cannot read {name}: {exc.strerror}", file=sys.stderr)
+            return 2
+        with handle:
+            for raw in handle:
+                doc = parse(raw.decode("utf-8", "replace"))
+                out.write(orjson.dumps(convert(doc) if convert else doc) + b"\n")
+    out.flush()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailowl", description="Email attachment analysis gateway")
     p.add_argument("--version", action="version", version=f"mailowl {__version__}")
@@ -188,6 +209,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--findings", dest="verbose_findings", action="store_true",
                    help="also show decoding problems found")
     s.set_defaults(func=cmd_mail_inspect)
+    logs = sub.add_parser("logs", help="verdict log tools").add_subparsers(dest="logs_command", required=True)
+    s = logs.add_parser("parse", help="KLMS/KSMG verdict lines to NDJSON, one document per line")
+    s.add_argument("files", nargs="*", help="log files (default: standard input)")
+    s.add_argument("--schema", choices=["ecs", "klms"], default="ecs",
+                   help="ecs: Elastic Common Schema; klms: the flat field names of the usual grok pattern")
+    s.set_defaults(func=cmd_logs_parse)
     db = sub.add_parser("db", help="store maintenance").add_subparsers(dest="db_command", required=True)
     s = db.add_parser("purge", help="delete finished jobs older than a given age")
     s.add_argument("--config", type=Path)

@@ -112,3 +112,39 @@ def _render(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return _quote(", ".join(str(v).replace(", ", ",") for v in value))
     return _quote(value)
+
+
+_MODULES = ("kt", "av", "ap", "as", "ma", "cf")
+
+
+def to_ecs(doc: dict[str, Any]) -> dict[str, Any]:
+    """Elastic Common Schema fields for a parsed line; KLMS-specific values under ``klms``."""
+    if "tags" in doc:
+        return {"message": doc["message"], "tags": doc["tags"], **({"@timestamp": doc["timestamp"]}
+                                                                   if "timestamp" in doc else {})}
+    vendor = {k: v for k, v in doc.items() if k not in (
+        "timestamp", "host", "program", "pid", "message_id", "mail_from", "rcpt_to", "relay_ip", "part", "rules")}
+    out: dict[str, Any] = {"event": {"kind": "event", "category": ["email"], "action": doc.get("action"),
+                                     "outcome": "success" if doc.get("status_letter") == "clean" else "failure"},
+                           "email": {}, "klms": vendor}
+    if "timestamp" in doc:
+        out["@timestamp"] = doc["timestamp"]
+    if "host" in doc:
+        out["host"] = {"hostname": doc["host"]}
+    if "program" in doc:
+        out["process"] = {"name": doc["program"], **({"pid": doc["pid"]} if "pid" in doc else {})}
+    email: dict[str, Any] = out["email"]
+    if "message_id" in doc:
+        email["message_id"] = doc["message_id"]
+    if "mail_from" in doc:
+        email["from"] = {"address": [doc["mail_from"]]}
+    if "rcpt_to" in doc:
+        email["to"] = {"address": doc["rcpt_to"]}
+    if "part" in doc:
+        email["attachments"] = [{"file": {"name": p.get("name")},
+                                 "klms": {k: v for k, v in p.items() if k != "name"}} for p in doc["part"]]
+    if "relay_ip" in doc:
+        out["source"] = {"ip": doc["relay_ip"]}
+    if "rules" in doc:
+        out["rule"] = {"id": str(doc["rules"])}
+    return out
