@@ -15,7 +15,10 @@ _PREFIX_3164 = re.compile(r"(?:<\d{1,3}>)?([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)
 _PREFIX_ISO = re.compile(r"(?:<\d{1,3}>)?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?) (\S+) "
                          r"([^\s\[:]+)(?:\[(\d+)\])?: ")
 _PREFIX_5424 = re.compile(r"<\d{1,3}>1 (\S+) (\S+) (\S+) (\S+) \S+ (?:-|(?:\[(?:[^\]\\]|\\.)*\])+) ")
-_TOKEN = re.compile(r'(?:^|(?<=: )|(?<=, ))(?:part ("(?:[^"\\]|\\.)*")|([A-Za-z][\w-]*)=("(?:[^"\\]|\\.)*"|(?:[^,:"]|[,:](?! ))*))')
+# each token consumes the separator before it, so the scan moves from token to token (no lookbehind tried at
+# every character); quoted strings and unquoted values are written as unrolled loops
+_QUOTED = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+_TOKEN = re.compile(rf'(?:^|: |, )(?:part ({_QUOTED})|([A-Za-z][\w-]*)=({_QUOTED}|[^,:"]*(?:[,:](?! )[^,:"]*)*))')
 _STATUS = re.compile(r"([^:=\"]*?): (?=[A-Za-z][\w-]*=)")
 _ESCAPE = re.compile(r"\\(.)")
 
