@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,8 @@ from mailowl.mail.parts import MailLimits
 from mailowl.mail.policy import Envelope, MailPolicy, decide
 from mailowl.rules.loader import build_engine
 from mailowl.store import Store
+
+from .helpers import mail_with
 
 
 @pytest.fixture
@@ -29,12 +30,7 @@ async def service(tmp_path: Path) -> AsyncIterator[AnalysisService]:
 
 
 def message(*attachments: tuple[str, bytes]) -> bytes:
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = "a@example.org", "b@example.net", "t", "<t@x>"
-    msg.set_content("body\n")
-    for name, data in attachments:
-        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
-    return msg.as_bytes()
+    return mail_with(*attachments, message_id="<t@x>")
 
 
 ENV = Envelope("a@example.org", ["b@example.net"], "192.0.2.1")

@@ -6,7 +6,6 @@ import json
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,11 @@ from mailowl.mail.policy import Envelope, MailPolicy, decide
 from mailowl.rules.loader import build_engine
 from mailowl.store import Store
 
+from .helpers import mail_with
+
 
 def message(*attachments: tuple[str, bytes]) -> bytes:
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = "a@example.org", "b@example.net", "t", "<m1@x>"
-    msg.set_content("body\n")
-    for name, data in attachments:
-        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
-    return msg.as_bytes()
+    return mail_with(*attachments, message_id="<m1@x>")
 
 
 @pytest.fixture
