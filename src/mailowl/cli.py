@@ -43,7 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mailowl.server import serve
 
     config, engine = _load(args)
-    print(f"mailowl {__version__} listening on http://{config.server.listen} "
+    print(f"mailowl {__version__} listening on http://{config.server.listen}, "
+          f"milter {config.milter.listen or 'off'}, content filter {config.smtp.listen or 'off'} "
           f"(store: {config.store_url.split('://')[0]}, rules: {', '.join(engine.rule_names)})", file=sys.stderr)
     serve(config, engine)
     return 0
