@@ -187,6 +187,37 @@ def cmd_logs_parse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs_ship(args: argparse.Namespace) -> int:
+    from mailowl.logs.ship import Shipper, follow
+
+    shipper = Shipper(args.es, args.index)
+    try:
+        shipper.prepare()
+    except Exception as exc:
+        print(f"mailowl: {exc}", file=sys.stderr)
+        return 2
+    if args.follow:
+        if len(args.files) != 1:
+            print("mailowl: --follow takes exactly one file", file=sys.stderr)
+            return 2
+        result = shipper.ship(follow(args.files[0]))
+    else:
+        result = shipper.ship(_lines(args.files))
+    print(f"indexed {result.indexed}, already there {result.duplicates}, failed {result.failed}")
+    for error in result.errors:
+        print(f"  {error}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def _lines(files: list[str]) -> Iterator[str]:
+    for name in files or ["-"]:
+        if name == "-":
+            yield from (raw.decode("utf-8", "replace") for raw in sys.stdin.buffer)
+            continue
+        with open(name, encoding="utf-8", errors="replace") as handle:
+            yield from handle
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailowl", description="Email attachment analysis gateway")
     p.add_argument("--version", action="version", version=f"mailowl {__version__}")
@@ -216,6 +247,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--schema", choices=["ecs", "klms"], default="ecs",
                    help="ecs: Elastic Common Schema; klms: the flat field names of the usual grok pattern")
     s.set_defaults(func=cmd_logs_parse)
+    s = logs.add_parser("ship", help="parse verdict lines and bulk-index them into Elasticsearch")
+    s.add_argument("files", nargs="*", help="log files (default: standard input)")
+    s.add_argument("--es", required=True, help="Elasticsearch URL, e.g. http://127.0.0.1:9200")
+    s.add_argument("--index", default="mailowl-verdicts", help="index name (default: mailowl-verdicts)")
+    s.add_argument("--follow", action="store_true", help="keep reading a growing file, like tail -F")
+    s.set_defaults(func=cmd_logs_ship)
     db = sub.add_parser("db", help="store maintenance").add_subparsers(dest="db_command", required=True)
     s = db.add_parser("purge", help="delete finished jobs older than a given age")
     s.add_argument("--config", type=Path)
