@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from mailowl.logs.klms import format_line, parse
 
 
@@ -56,3 +59,48 @@ def test_logs_parse_command(tmp_path: Path) -> None:
     doc = json.loads(ecs[0])
     assert doc["email"]["to"]["address"] == ["a@x.ru", "b@y.ru"] and doc["source"]["ip"] == "10.0.0.1"
     assert doc["klms"]["status_letter"] == "clean" and doc["host"]["hostname"] == "mx1"
+
+
+KEYS = ["message-id", "relay-ip", "kt-reason", "av-reason", "action", "backup-reason", "rules", "size", "mail-from",
+        "rcpt-to", "kt-status", "av-status", "as-status", "as-method", "dmarc", "spf", "dkim", "cf-status"]
+VALUE = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from(list(',:"\\ =')),
+                max_size=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(KEYS), unique=True, min_size=1), st.data(),
+       st.lists(st.tuples(VALUE, st.lists(VALUE.filter(lambda v: ", " not in v and v.strip() == v and v), max_size=3)),
+                max_size=3),
+       st.sampled_from(["clean", "not clean", "put to asp quarantine", "infected"]))
+def test_generated_lines_parse_back(keys: list[str], data: st.DataObject, parts: list[tuple[str, list[str]]],
+                                    status: str) -> None:
+    fields: list[tuple[str, object]] = []
+    for key in keys:
+        if key in ("size", "rules"):
+            fields.append((key, data.draw(st.integers(0, 10**9))))
+        elif key == "rcpt-to":
+            fields.append((key, data.draw(st.lists(VALUE.filter(lambda v: ", " not in v and v.strip() == v and v),
+                                                   max_size=4))))
+        else:
+            fields.append((key, data.draw(VALUE)))
+    part_fields = [(name, [("av-status", "Infected")] + ([("threats", threats)] if threats else []))
+                   for name, threats in parts]
+    doc = parse(format_line(status, fields, part_fields))
+    assert "tags" not in doc, doc
+    assert doc["status_letter"] == status
+    for key, value in fields:
+        name = key.replace("-", "_")
+        if name == "mail_from" and value == "":
+            assert doc[name] == "NULL_SENDER_RFC5321"
+        else:
+            assert doc[name] == value, (key, value, doc)
+    assert [p["name"] for p in doc.get("part", [])] == [name for name, _ in parts]
+    for (_, threats), got in zip(parts, doc.get("part", []), strict=True):
+        assert got.get("threats", []) == threats
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_garbage_never_crashes(line: str) -> None:
+    doc = parse(line)
+    assert isinstance(doc, dict) and ("tags" in doc or "status_letter" in doc)

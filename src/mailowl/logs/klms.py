@@ -8,6 +8,7 @@ reported as such (``_grokparsefailure``) instead of being half-parsed.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
 # syslog prefixes: RFC 3164 ("Nov 23 10:00:00 host prog[pid]: "), ISO timestamps, RFC 5424
@@ -120,18 +121,32 @@ def _render(value: object) -> str:
 _MODULES = ("kt", "av", "ap", "as", "ma", "cf")
 
 
+def iso_timestamp(stamp: str, now: datetime | None = None) -> str | None:
+    """ISO 8601 for a syslog timestamp; RFC 3164 has no year: the latest one not in the future."""
+    if stamp[:4].isdigit():
+        return stamp
+    now = now or datetime.now()
+    try:
+        parsed = datetime.strptime(f"{now.year} {stamp}", "%Y %b %d %H:%M:%S")
+    except ValueError:
+        return None
+    if parsed > now.replace(microsecond=0) + timedelta(days=1):
+        parsed = parsed.replace(year=now.year - 1)
+    return parsed.isoformat()
+
+
 def to_ecs(doc: dict[str, Any]) -> dict[str, Any]:
     """Elastic Common Schema fields for a parsed line; KLMS-specific values under ``klms``."""
+    stamp = iso_timestamp(doc["timestamp"]) if "timestamp" in doc else None
     if "tags" in doc:
-        return {"message": doc["message"], "tags": doc["tags"], **({"@timestamp": doc["timestamp"]}
-                                                                   if "timestamp" in doc else {})}
+        return {"message": doc["message"], "tags": doc["tags"], **({"@timestamp": stamp} if stamp else {})}
     vendor = {k: v for k, v in doc.items() if k not in (
         "timestamp", "host", "program", "pid", "message_id", "mail_from", "rcpt_to", "relay_ip", "part", "rules")}
     out: dict[str, Any] = {"event": {"kind": "event", "category": ["email"], "action": doc.get("action"),
                                      "outcome": "success" if doc.get("status_letter") == "clean" else "failure"},
                            "email": {}, "klms": vendor}
-    if "timestamp" in doc:
-        out["@timestamp"] = doc["timestamp"]
+    if stamp:
+        out["@timestamp"] = stamp
     if "host" in doc:
         out["host"] = {"hostname": doc["host"]}
     if "program" in doc:

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import httpx
@@ -31,9 +32,10 @@ def index_template(index: str) -> dict[str, Any]:
         "template": {"mappings": {"dynamic_templates": [{"strings": {"match_mapping_type": "string",
                                                                      "mapping": keyword}}],
                                   "properties": {
-            "@timestamp": keyword, "message": {"type": "text"}, "tags": keyword,
+            "@timestamp": {"type": "date"}, "message": {"type": "text"}, "tags": keyword,
+            "event": {"properties": {"action": keyword, "outcome": keyword, "category": keyword,
+                                     "ingested": {"type": "date"}}},
             "source": {"properties": {"ip": {"type": "ip"}}},
-            "event": {"properties": {"action": keyword, "outcome": keyword, "category": keyword}},
             "email": {"properties": {
                 "message_id": keyword, "from": {"properties": {"address": keyword}},
                 "to": {"properties": {"address": keyword}},
@@ -97,7 +99,9 @@ class Shipper:
             if not line:
                 continue
             doc_id = hashlib.sha1(line.encode("utf-8", "surrogateescape")).hexdigest()
-            batch.append((doc_id, orjson.dumps(to_ecs(parse(line)) | {"message": line})))
+            doc = to_ecs(parse(line)) | {"message": line}
+            doc.setdefault("@timestamp", datetime.now(UTC).isoformat())  # lines without a date: when shipped
+            batch.append((doc_id, orjson.dumps(doc)))
             if len(batch) >= BATCH:
                 self._bulk(batch)
                 batch = []
