@@ -104,3 +104,62 @@ def test_generated_lines_parse_back(keys: list[str], data: st.DataObject, parts:
 def test_garbage_never_crashes(line: str) -> None:
     doc = parse(line)
     assert isinstance(doc, dict) and ("tags" in doc or "status_letter" in doc)
+
+
+def test_c_tokenizer_is_built() -> None:
+    from mailowl.logs import klms
+
+    assert klms._fast is not None, "mailowl.logs._klmsfast was not built (is a C compiler installed?)"
+
+
+PIECES = st.sampled_from(['clean', 'not clean', ': ', ', ', 'message-id=', 'size=', 'rules=', 'rcpt-to=', 'x-y=',
+                          '"', '\\', 'a', 'ü', '1', '=', ':', ',', ' ', 'part "', 'threats="a, b"', '""', '12'])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(PIECES, max_size=40))
+def test_c_and_python_tokenizers_agree(pieces: list[str]) -> None:
+    from mailowl.logs import klms
+
+    body = "".join(pieces)
+    if klms._fast is None:
+        return
+    fast = klms._fast(body)
+    if fast is NotImplemented:
+        return
+    assert fast == klms.parse_body(body), body
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(KEYS), unique=True, min_size=1), st.lists(VALUE, min_size=18, max_size=18))
+def test_c_and_python_agree_on_formatted_lines(keys: list[str], values: list[str]) -> None:
+    from mailowl.logs import klms
+
+    line = format_line("infected", list(zip(keys, values, strict=False)), [("a.bat", [("threats", ["x", "y"])])])
+    assert klms._fast(line) == klms.parse_body(line)
+
+
+def _python_parse(line: str) -> dict[str, object]:
+    from mailowl.logs import klms
+
+    line = line.rstrip("\r\n")
+    prefix, rest = klms.split_prefix(line)
+    doc = klms.parse_body(rest)
+    return {"message": line, "tags": ["_grokparsefailure"], **prefix} if doc is None else {**prefix, **doc}
+
+
+PREFIXES = st.sampled_from(["", "Nov 23 10:00:00 mx1 klms[123]: ", "<22>Nov  3 01:02:03 mx.example.org mailowl: ",
+                            "Nov 23 10:00:00 mx1 klms: ", "Jan 1 1:1:1 x y: ", "Nov 23 10:00:00 mx1 kl[ms]: ",
+                            "2026-11-23T10:00:00Z mx1 klms[1]: ", "<13>1 2026-11-23T10:00:00Z mx1 klms 12 - - ",
+                            "Nov 23 10:00:00 mx1 klmß[1]: ", "Nov 23 10:00:00  mx1 klms[1]: "])
+
+
+@settings(max_examples=800, deadline=None)
+@given(PREFIXES, st.lists(PIECES, max_size=30), st.sampled_from(["", "\n", "\r\n"]))
+def test_whole_line_fast_path_agrees(prefix: str, pieces: list[str], end: str) -> None:
+    from mailowl.logs import klms
+
+    line = prefix + "".join(pieces) + end
+    assert klms.parse(line) == _python_parse(line)
+    assert klms.parse(prefix + "clean: message-id=\"<a@b>\": size=3" + end) == \
+        _python_parse(prefix + "clean: message-id=\"<a@b>\": size=3" + end)

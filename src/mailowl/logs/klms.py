@@ -19,9 +19,15 @@ _PREFIX_5424 = re.compile(r"<\d{1,3}>1 (\S+) (\S+) (\S+) (\S+) \S+ (?:-|(?:\[(?:
 # each token consumes the separator before it, so the scan moves from token to token (no lookbehind tried at
 # every character); quoted strings and unquoted values are written as unrolled loops
 _QUOTED = r'"[^"\\]*(?:\\.[^"\\]*)*"'
-_TOKEN = re.compile(rf'(?:^|: |, )(?:part ({_QUOTED})|([A-Za-z][\w-]*)=({_QUOTED}|[^,:"]*(?:[,:](?! )[^,:"]*)*))')
-_STATUS = re.compile(r"([^:=\"]*?): (?=[A-Za-z][\w-]*=)")
-_ESCAPE = re.compile(r"\\(.)")
+_TOKEN = re.compile(rf'(?:^|: |, )(?:part ({_QUOTED})|([A-Za-z][A-Za-z0-9_-]*)=({_QUOTED}|[^,:"]*(?:[,:](?! )[^,:"]*)*))')
+_STATUS = re.compile(r"([^:=\"]*?): (?=[A-Za-z][A-Za-z0-9_-]*=)")
+_ESCAPE = re.compile(r"\\(.)", re.S)
+
+try:  # the same tokenizer in C, built at install time where a compiler is available
+    from mailowl.logs._klmsfast import parse_body as _fast
+    from mailowl.logs._klmsfast import parse_line as _fast_line
+except ImportError:  # pragma: no cover
+    _fast = _fast_line = None
 
 INT_FIELDS = {"size", "rules"}
 LIST_FIELDS = {"rcpt_to", "threats"}
@@ -58,11 +64,25 @@ def split_prefix(line: str) -> tuple[dict[str, Any], str]:
 def parse(line: str) -> dict[str, Any]:
     """One document for one line, with the flat field names of the well-known grok pattern; a line that
     is not a verdict line comes back as ``{"message": line, "tags": ["_grokparsefailure"]}``."""
+    if _fast_line is not None:
+        doc = _fast_line(line)
+        if doc is not NotImplemented and doc is not None:
+            return doc  # type: ignore[no-any-return]
     line = line.rstrip("\r\n")
     prefix, rest = split_prefix(line)
+    doc = _fast(rest) if _fast is not None else NotImplemented
+    if doc is NotImplemented:
+        doc = parse_body(rest)
+    if doc is None:
+        return {"message": line, "tags": ["_grokparsefailure"], **prefix}
+    return {**prefix, **doc} if prefix else doc
+
+
+def parse_body(rest: str) -> dict[str, Any] | None:
+    """The document for a line without its syslog prefix, or None (the reference for _klmsfast.c)."""
     status = _STATUS.match(rest)
     if status is None:
-        return {"message": line, "tags": ["_grokparsefailure"], **prefix}
+        return None
     body = rest[status.end():]
     tokens = _TOKEN.findall(body)
     # every character must be accounted for: tokens plus one two-character separator between each pair
@@ -70,9 +90,8 @@ def parse(line: str) -> dict[str, Any]:
     for part, key, value in tokens:
         covered += len(part) + 5 if part else len(key) + 1 + len(value)
     if not tokens or covered != len(body):
-        return {"message": line, "tags": ["_grokparsefailure"], **prefix}
-    doc: dict[str, Any] = dict(prefix)
-    doc["status_letter"] = status.group(1)
+        return None
+    doc: dict[str, Any] = {"status_letter": status.group(1)}
     parts: list[dict[str, Any]] = []
     target = doc
     for part, key, value in tokens:
@@ -82,7 +101,7 @@ def parse(line: str) -> dict[str, Any]:
             continue
         name = key.replace("-", "_")
         text = _value(value)
-        if name in INT_FIELDS and text.isdigit():
+        if name in INT_FIELDS and text.isascii() and text.isdigit() and "\\" not in value:
             target[name] = int(text)
         elif name in LIST_FIELDS:
             target[name] = [v for v in text.split(", ") if v] if text else []
