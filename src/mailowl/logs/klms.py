@@ -154,6 +154,14 @@ def iso_timestamp(stamp: str, now: datetime | None = None) -> str | None:
     return parsed.isoformat()
 
 
+def _file(name: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name}
+    extension = name.rpartition(".")[2] if name else ""
+    if name and "." in name.strip(".") and 0 < len(extension) <= 10:
+        out["extension"] = extension.lower()
+    return out
+
+
 def to_ecs(doc: dict[str, Any]) -> dict[str, Any]:
     """Elastic Common Schema fields for a parsed line; KLMS-specific values under ``klms``."""
     stamp = iso_timestamp(doc["timestamp"]) if "timestamp" in doc else None
@@ -178,8 +186,8 @@ def to_ecs(doc: dict[str, Any]) -> dict[str, Any]:
     if "rcpt_to" in doc:
         email["to"] = {"address": doc["rcpt_to"]}
     if "part" in doc:
-        email["attachments"] = [{"file": {"name": p.get("name")},
-                                 "klms": {k: v for k, v in p.items() if k != "name"}} for p in doc["part"]]
+        email["attachments"] = [{"file": _file(p.get("name")), "klms": {k: v for k, v in p.items() if k != "name"}}
+                                for p in doc["part"]]
     if "relay_ip" in doc:
         out["source"] = {"ip": doc["relay_ip"]}
     if "rules" in doc:

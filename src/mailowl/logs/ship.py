@@ -40,9 +40,10 @@ def index_template(index: str) -> dict[str, Any]:
                 "message_id": keyword, "from": {"properties": {"address": keyword}},
                 "to": {"properties": {"address": keyword}},
                 "attachments": {"type": "nested", "properties": {
-                    "file": {"properties": {"name": keyword}},
+                    "file": {"properties": {"name": keyword, "extension": keyword}},
                     "klms": {"properties": {"av_status": keyword, "threats": keyword}}}}}},
-            "klms": {"properties": {"size": {"type": "long"}, "status_letter": keyword, "action": keyword}},
+            "klms": {"properties": {"size": {"type": "long"}, "rules": {"type": "long"}, "status_letter": keyword,
+                                    "action": keyword}},
             "rule": {"properties": {"id": keyword}},
         }}},
     }
