@@ -150,3 +150,11 @@ def test_bad_targets_are_config_errors() -> None:
         load_config(environ={"MAILOWL_LOG_TARGET": "syslog:carrier-pigeon"})
     with pytest.raises(ConfigError, match=r"\[log\] format"):
         load_config(environ={"MAILOWL_LOG_FORMAT": "xml"})
+
+
+async def test_stdout_target(make_service: object, capsys: pytest.CaptureFixture[str]) -> None:
+    service = await make_service(VerdictLog("stdout"))  # type: ignore[operator]
+    job = service.submit(Sample(b"@echo out", "o.bat"))
+    await job.wait(10)
+    doc = parse(capsys.readouterr().out.splitlines()[-1])
+    assert doc["status_letter"] == "job" and doc["filename"] == "o.bat" and doc["result"] == "bad"
