@@ -64,7 +64,7 @@ async def test_message_and_job_lines_parse_back(make_service: object, tmp_path: 
     assert doc["mail_from"] == "a@example.org" and doc["rcpt_to"] == ["b@example.net", "c,d@example.net"]
     assert doc["part"] == [{"name": "in: voice, 1.bat", "av_status": "Infected", "threats": ["expressions"]},
                            {"name": "a.pdf", "av_status": "NotDetected"}]
-    assert isinstance(doc["size"], int) and doc["size"] > 100
+    assert isinstance(doc["size"], int) and doc["size"] > 100 and doc["rules"] == 1
     rest = parse(lines[1])
     assert rest["status_letter"] == "job" and rest["result"] == "bad" and rest["job_id"] == str(job.id)
 

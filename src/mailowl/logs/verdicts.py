@@ -49,7 +49,10 @@ def klms_message(decision: Decision, envelope: Envelope, message_id: str | None,
         ("message-id", message_id or ""), ("relay-ip", envelope.client_ip or ""),
         ("action", _ACTION.get(decision.action, decision.action))]
     if decision.action == "quarantine":
-        fields.append(("backup-reason", "AntiVirus"))
+        fields.append(("backup-reason", "AntiVirus"))  # and no rules=, as KLMS writes quarantine lines
+    else:
+        # KLMS counts the rules that triggered; mailowl counts the distinct rules that judged a part bad
+        fields.append(("rules", len({rule for job in decision.jobs for rule in _threats(job)})))
     fields += [("size", size), ("mail-from", envelope.mail_from), ("rcpt-to", envelope.rcpt_to),
                ("av-status", worst), ("support-id", decision.support_id)]
     parts = []
