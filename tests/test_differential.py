@@ -138,12 +138,17 @@ class Peekaboo:
             except OSError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()  # never leave a half-started PeekabooAV behind
                 raise RuntimeError(f"PeekabooAV did not start: {(tmp / 'peekaboo.log').read_text()[-2000:]}")
             time.sleep(0.2)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         self.log.close()
 
 
