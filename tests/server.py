@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import Any
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Terminate a server process, killing it if it does not go in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,6 +56,7 @@ class Server:
             except OSError:
                 pass
             if time.monotonic() > deadline:
+                self.stop()  # never leave a half-started server behind
                 raise RuntimeError("mailowl serve did not start")
             time.sleep(0.1)
 
@@ -88,10 +99,5 @@ class Server:
         return dict(payload)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.log.close()

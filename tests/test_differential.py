@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .server import Server, free_port
+from .server import Server, free_port, stop_process
 
 ROOT = Path(__file__).parent.parent
 PEEKABOO = ROOT / ".venv-peekaboo" / "bin" / "peekaboo"
@@ -143,12 +143,7 @@ class Peekaboo:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 30)
         self.log.close()
 
 

@@ -137,7 +137,7 @@ class AnalysisService:
             sample, journal, started = item
             try:
                 verdict = self._run(sample, journal)
-                sample.facts()  # hashes computed here, in the worker thread
+                sample.sha1, sample.md5  # noqa: B018 (hashes computed here, in the worker thread)
             except Exception as exc:  # never lose a job: a broken analysis is failed, not bad
                 log.exception("analysis of %s crashed", sample.sha256)
                 verdict = Verdict(Result.failed, f"Analysis crashed: {type(exc).__name__}: {exc}", [])
