@@ -145,3 +145,98 @@ def test_non_archives_pass_through() -> None:
 def test_member_names_never_become_paths() -> None:
     report = unpack(Sample(make_zip({"../../etc/cron.d/evil.bat": EVIL}), "x.zip"), ArchiveLimits())
     assert report.contents[0].filename == "evil.bat"
+
+
+# --- Budgets for the whole top-level sample (issue 7, point 3) ---
+
+def random_bytes(n: int, seed: int) -> bytes:
+    import random
+    return random.Random(seed).randbytes(n)
+
+
+def test_unpacked_size_is_one_budget_across_nesting_levels() -> None:
+    # each inner zip alone is within max_total_size; together they are not
+    inner = [make_zip({f"r{i}.bin": random_bytes(300_000, i)}) for i in range(4)]
+    outer = make_zip({f"inner{i}.zip": data for i, data in enumerate(inner)})
+    eng = engine(RULES, expressions=BAT_IS_BAD, archive={"max_total_size": 1_000_000})
+    verdict = run(eng, outer, "outer.zip")
+    assert verdict.result is Result.bad, verdict
+    assert "unpacked size exceeds 1000000 bytes in all nested archives together" in verdict.reason
+
+
+def test_member_count_is_one_budget_across_nesting_levels() -> None:
+    inner = [make_zip({f"{j}.txt": f"note {i}-{j}".encode() for j in range(5)}) for i in range(3)]
+    outer = make_zip({f"inner{i}.zip": data for i, data in enumerate(inner)})
+    eng = engine(RULES, expressions=BAT_IS_BAD, archive={"max_members": 10})
+    verdict = run(eng, outer, "outer.zip")
+    assert verdict.result is Result.bad, verdict
+    assert "more than 10 members in all nested archives together" in verdict.reason
+
+
+def test_ratio_counts_many_small_members() -> None:
+    # 40 members of 100 KB zeros: each far below 1 MiB, together 4 MB from a ~10 KB zip
+    data = make_zip({f"z{i}.bin": b"\x00" * 100_000 for i in range(40)})
+    assert len(data) < 20_000
+    verdict = run(engine(RULES, expressions=BAT_IS_BAD), data, "many.zip")
+    assert verdict.result is Result.bad, verdict
+    assert "compression ratio above 100:1" in verdict.reason
+
+
+def test_wide_nested_bomb_hits_a_limit() -> None:
+    # the reported bomb, scaled down: zips of zips of zero-filled members
+    inner = make_zip({f"m{j}.bin": b"\x00" * 200_000 for j in range(20)})
+    outer = make_zip({f"i{i}.zip": inner for i in range(20)})
+    verdict = run(engine(RULES, expressions=BAT_IS_BAD, archive={"limit_result": "failed"}), outer, "b.zip")
+    assert verdict.result is Result.failed and "Archive exceeds a limit" in verdict.reason, verdict
+
+
+def test_limit_is_checked_while_decompressing_not_after() -> None:
+    # a gzip of 50 MB zeros with a 1 MB budget: the reader stops after about one chunk past the limit
+    data = gzip.compress(b"\x00" * 50_000_000)
+    from mailowl.analysis.archive import Budget
+    budget = Budget(ArchiveLimits(max_total_size=1_000_000, max_ratio=10**9), len(data))
+    report = unpack(Sample(data, "z.gz"), budget)
+    assert report.limit_hit and "exceeds 1000000 bytes" in report.limit_hit
+    assert budget.unpacked < 1_000_000 + 2 * 65536
+
+
+@pytest.mark.parametrize(("fmt", "mode", "name"), [("tar.bz2", "w:bz2", "a.tar.bz2"), ("tar.xz", "w:xz", "a.txz")])
+def test_compressed_tars_are_unpacked(fmt: str, mode: str, name: str) -> None:
+    data = make_tar({"run.bat": EVIL}, mode)
+    report = unpack(Sample(data, name), ArchiveLimits())
+    assert report.format == fmt and report.contents[0].content == EVIL, report
+    assert run(engine(RULES, expressions=BAT_IS_BAD), data, name).result is Result.bad
+
+
+# --- Damaged archives of every format (issue 7, point 5) ---
+
+def corrupt_tar() -> bytes:
+    data = bytearray(make_tar({"a.txt": b"first" * 100, "run.bat": EVIL, "c.txt": b"third"}))
+    second = 512 + 512  # the first header, then its 500 bytes of data padded to one block
+    data[second + 148: second + 156] = b"garbage!"  # the second header's checksum
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("data", "name"), [
+    (b"Rar!\x1a\x07\x01\x00" + random_bytes(5000, 1), "rar5-garbage.rar"),
+    (b"Rar!\x1a\x07\x00" + random_bytes(5000, 2), "rar4-garbage.rar"),
+    ((RAR / "rar3-subdirs.rar").read_bytes()[:int(len((RAR / "rar3-subdirs.rar").read_bytes()) * 0.3)], "cut.rar"),
+    ((RAR / "rar5-blake.rar").read_bytes()[:40], "cut5.rar"),
+    (corrupt_tar(), "bad-header.tar"),
+    (gzip.compress(EVIL + random_bytes(5000, 3))[:2000], "cut.bat.gz"),
+    (lzma.compress(EVIL + random_bytes(5000, 4))[:2000], "cut.bat.xz"),
+])
+def test_damaged_archives_get_damaged_result(data: bytes, name: str) -> None:
+    verdict = run(engine(RULES, expressions=BAT_IS_BAD), data, name)
+    assert verdict.result is Result.failed, verdict
+    assert verdict.rules[0].rule == "archive" and "could not be read" in verdict.reason, verdict
+    lenient = engine(RULES, expressions=BAT_IS_BAD, archive={"damaged_result": "unknown"})
+    assert run(lenient, data, name).rules[0].result is Result.unknown
+
+
+def test_tar_ending_in_zero_blocks_or_at_data_end_is_complete() -> None:
+    data = make_tar({"a.txt": b"x" * 10, "b.txt": b"y"})
+    assert unpack(Sample(data, "a.tar"), ArchiveLimits()).member_count == 2
+    without_end_blocks = data[: 512 * 4]  # two headers, two data blocks, no end-of-archive blocks
+    report = unpack(Sample(without_end_blocks, "a.tar"), ArchiveLimits())
+    assert report.error is None and report.member_count == 2, report

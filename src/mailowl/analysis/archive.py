@@ -1,43 +1,102 @@
-"""Unpacking archives into member samples, within limits that stop decompression bombs.
+"""Unpacking archives into member samples, within one budget per top-level sample.
 
-Supported: zip, 7z, rar (through the unrar or bsdtar tool), tar, and single-stream gzip, bzip2 and xz.
-Every read is bounded by what is left of the total size budget, so a bomb is detected while
-decompressing, never after.
+Supported: zip, 7z, rar (through the unrar, unar or bsdtar tool), tar, single-stream gzip, bzip2 and
+xz, and tar inside those. The budget (bytes unpacked, members, compression ratio) covers every nesting
+level of one top-level sample and is charged chunk by chunk while decompressing, so a bomb is stopped
+after at most ``max_total_size`` unpacked bytes, never after filling memory.
+
+An archive counts as read only if its reader reached its end: a reader that stops early without an
+error (a RAR whose headers turn to garbage, a tar with a bad header after the first member, a
+truncated gzip) makes the archive damaged, not an archive with fewer members.
 """
 
 from __future__ import annotations
 
 import bz2
+import gzip
 import io
 import lzma
 import tarfile
 import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Protocol
 
 from mailowl.analysis.sample import Sample
 
 _CHUNK = 1 << 16
+_TAR_BLOCK = 512
 
 
 @dataclass(frozen=True, slots=True)
 class ArchiveLimits:
     max_depth: int = 3
+    #: archive entries (files, directories, links) across all nesting levels
     max_members: int = 1000
-    max_total_size: int = 256 * 1024 * 1024
+    #: bytes unpacked across all nesting levels of one top-level sample
+    max_total_size: int = 128 * 1024 * 1024
+    #: bytes unpacked across all levels per byte of the top-level sample
     max_ratio: float = 100.0
-    #: ratios are only judged for members at least this large, so tiny well-compressed files pass
+    #: the ratio is judged once this much was unpacked, so small well-compressed archives pass
     ratio_min_size: int = 1024 * 1024
 
 
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class LimitHit(Exception):
-    """An archive exceeds a configured limit; the message says which and by how much."""
+    """An archive exceeds a configured limit; the message says which."""
 
 
 class Encrypted(Exception):
     pass
+
+
+class Damaged(Exception):
+    """The archive's reader stopped before the archive's end."""
+
+
+class Budget:
+    """What one top-level sample may unpack, shared by every nesting level below it."""
+
+    def __init__(self, limits: ArchiveLimits, packed_size: int) -> None:
+        self.limits = limits
+        self.packed = max(packed_size, 1)
+        self.unpacked = 0
+        self.members = 0
+
+    def member(self) -> None:
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise LimitHit(f"more than {self.limits.max_members} members in all nested archives together")
+
+    def expect(self, size: int, name: str) -> None:
+        """Refuse early what a member's declared size says will not fit; sizes may lie, reads are charged too."""
+        self._check(self.unpacked + max(size, 0), name)
+
+    def charge(self, size: int, name: str) -> None:
+        self.unpacked += size
+        self._check(self.unpacked, name)
+
+    def _check(self, total: int, name: str) -> None:
+        lim = self.limits
+        if total > lim.max_total_size:
+            raise LimitHit(f"unpacked size exceeds {lim.max_total_size} bytes in all nested archives together "
+                           f"(at member {name!r})")
+        if total >= lim.ratio_min_size and total / self.packed > lim.max_ratio:
+            raise LimitHit(f"compression ratio above {lim.max_ratio:g}:1 ({total} bytes unpacked from a "
+                           f"{self.packed}-byte sample, at member {name!r})")
+
+    def read(self, stream: Readable, name: str) -> bytes:
+        chunks = []
+        while True:
+            chunk = stream.read(_CHUNK)
+            if not chunk:
+                break
+            self.charge(len(chunk), name)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 @dataclass(slots=True)
@@ -78,74 +137,85 @@ def detect_format(data: bytes) -> str | None:
     return None
 
 
-class _Budget:
-    def __init__(self, limits: ArchiveLimits) -> None:
-        self.limits = limits
-        self.total = 0
-        self.count = 0
-
-    def member(self) -> None:
-        self.count += 1
-        if self.count > self.limits.max_members:
-            raise LimitHit(f"more than {self.limits.max_members} members")
-
-    def read(self, stream: IO[bytes], compressed_size: int | None, name: str) -> bytes:
-        out = bytearray()
-        while True:
-            chunk = stream.read(_CHUNK)
-            if not chunk:
-                break
-            out += chunk
-            self._check(len(out), compressed_size, name)
-        self.total += len(out)
-        return bytes(out)
-
-    def _check(self, size: int, compressed_size: int | None, name: str) -> None:
-        lim = self.limits
-        if self.total + size > lim.max_total_size:
-            raise LimitHit(f"unpacked size exceeds {lim.max_total_size} bytes (at member {name!r})")
-        if compressed_size is not None and size >= lim.ratio_min_size:
-            ratio = size / max(compressed_size, 1)
-            if ratio > lim.max_ratio:
-                raise LimitHit(f"member {name!r} compression ratio above {lim.max_ratio:g}:1")
-
-    def declared(self, size: int, compressed_size: int | None, name: str) -> None:
-        self._check(size, compressed_size, name)
+Members = list[tuple[str, bytes]]
 
 
-def _zip(data: bytes, budget: _Budget) -> list[tuple[str, bytes]]:
+def _zip(data: bytes, budget: Budget) -> Members:
     out = []
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         for info in zf.infolist():
+            budget.member()
             if info.is_dir():
                 continue
-            budget.member()
             if info.flag_bits & 0x1:
                 raise Encrypted(info.filename)
-            budget.declared(info.file_size, info.compress_size, info.filename)
+            budget.expect(info.file_size, info.filename)
             with zf.open(info) as stream:
-                out.append((info.filename, budget.read(stream, info.compress_size, info.filename)))
+                out.append((info.filename, budget.read(stream, info.filename)))
     return out
 
 
-def _tar(data: bytes, budget: _Budget) -> list[tuple[str, bytes]]:
+def _tar(fileobj: IO[bytes], budget: Budget, mode: str = "r:") -> Members:
     out = []
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+    with tarfile.open(fileobj=fileobj, mode=mode) as tf:  # type: ignore[call-overload]
         for info in tf:
+            budget.member()
             if not info.isfile():
                 continue
-            budget.member()
-            budget.declared(info.size, None, info.name)
+            budget.expect(info.size, info.name)
             stream = tf.extractfile(info)
             if stream is not None:
-                out.append((info.name, budget.read(stream, None, info.name)))
+                out.append((info.name, budget.read(stream, info.name)))
+        # tarfile ends its iteration silently at a bad header after the first member: only an
+        # end-of-archive block (or the data's end) means every member was seen.
+        tf.fileobj.seek(tf.offset)
+        block = tf.fileobj.read(_TAR_BLOCK)
+        if block and block != b"\x00" * _TAR_BLOCK:
+            raise Damaged(f"bad tar header at offset {tf.offset}")
     return out
 
 
-def _7z(data: bytes, budget: _Budget) -> list[tuple[str, bytes]]:
+class _Charged:
+    """A py7zr output that charges the budget for every write, so extraction stops at the limit."""
+
+    def __init__(self, name: str, budget: Budget) -> None:
+        self.name = name
+        self.budget = budget
+        self.chunks: list[bytes] = []
+
+    def write(self, s: bytes | bytearray) -> int:
+        self.budget.charge(len(s), self.name)
+        self.chunks.append(bytes(s))
+        return len(s)
+
+    def read(self, size: int | None = None) -> bytes:
+        return b""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+    def size(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+    def close(self) -> None:
+        pass
+
+
+def _7z(data: bytes, budget: Budget) -> Members:
     import py7zr
     from py7zr.exceptions import PasswordRequired
-    from py7zr.io import BytesIOFactory
+    from py7zr.io import Py7zIO, WriterFactory
+
+    outputs: list[_Charged] = []
+
+    class Factory(WriterFactory):
+        def create(self, filename: str) -> Py7zIO:
+            product = _Charged(filename, budget)
+            outputs.append(product)
+            return product  # type: ignore[return-value]
 
     try:
         archive = py7zr.SevenZipFile(io.BytesIO(data))
@@ -154,53 +224,64 @@ def _7z(data: bytes, budget: _Budget) -> list[tuple[str, bytes]]:
     with archive as zf:
         if zf.needs_password():
             raise Encrypted("7z")
-        infos = [i for i in zf.list() if not i.is_directory]
-        packed = max(len(data), 1)
-        total = 0
+        infos = zf.list()
         for info in infos:
             budget.member()
-            total += info.uncompressed
-            budget.declared(info.uncompressed, packed, info.filename)
-        if total > budget.limits.max_total_size - budget.total:
-            raise LimitHit(f"unpacked size exceeds {budget.limits.max_total_size} bytes")
-        factory = BytesIOFactory(limit=budget.limits.max_total_size - budget.total + 1)
-        zf.extractall(factory=factory)
-    out = []
-    for info in infos:
-        buf = factory.products.get(info.filename)
-        if buf is not None:
-            buf.seek(0)
-            content = buf.read()
-            budget.total += len(content)
-            out.append((info.filename, content))
-    return out
+            if not info.is_directory:
+                budget.expect(info.uncompressed, info.filename)
+        zf.extractall(factory=Factory())
+    files = {i.filename for i in infos if not i.is_directory}
+    return [(o.name, b"".join(o.chunks)) for o in outputs if o.name in files]
 
 
-def _rar(data: bytes, budget: _Budget) -> list[tuple[str, bytes]]:
+def _rar(data: bytes, budget: Budget) -> Members:
     import rarfile
 
     out = []
-    with rarfile.RarFile(io.BytesIO(data)) as rf:
+    # errors="strict": the default stops at the first unreadable header and reports what came before
+    # as the whole archive (0 members for garbage after the signature).
+    with rarfile.RarFile(io.BytesIO(data), errors="strict") as rf:
         if rf.needs_password():
             raise Encrypted("rar")
         for info in rf.infolist():
+            budget.member()
             if info.is_dir():
                 continue
-            budget.member()
-            budget.declared(info.file_size, info.compress_size, info.filename)
+            budget.expect(info.file_size, info.filename)
             with rf.open(info) as stream:
-                out.append((info.filename, budget.read(stream, info.compress_size, info.filename)))
+                out.append((info.filename, budget.read(stream, info.filename)))
     return out
 
 
-def _stream(make: Callable[[], Any], data: bytes, budget: _Budget, name: str) -> list[tuple[str, bytes]]:
+#: stream format -> (tarfile's compression name, filename suffixes the inner file's name drops)
+_STREAMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "gzip": ("gz", (".gz", ".tgz")),
+    "bzip2": ("bz2", (".bz2", ".tbz2")),
+    "xz": ("xz", (".xz", ".txz")),
+}
+
+
+def _decompressing(fmt: str, data: bytes) -> gzip.GzipFile | bz2.BZ2File | lzma.LZMAFile:
+    raw = io.BytesIO(data)
+    if fmt == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if fmt == "bzip2":
+        return bz2.BZ2File(raw)
+    return lzma.LZMAFile(raw)
+
+
+def _stream(fmt: str, data: bytes, budget: Budget, sample: Sample) -> tuple[str, Members]:
+    tar_mode, suffixes = _STREAMS[fmt]
+    with _decompressing(fmt, data) as stream:
+        head = stream.read(_TAR_BLOCK)
+    if detect_format(head) == "tar":
+        # .tar.gz is one archive to users: the tar is read straight from the decompressing stream
+        return f"tar.{tar_mode}", _tar(io.BytesIO(data), budget, f"r:{tar_mode}")
     budget.member()
-    dec = make()
-    room = budget.limits.max_total_size - budget.total
-    content = dec.decompress(data, room + 1)
-    budget.declared(len(content), len(data), name)
-    budget.total += len(content)
-    return [(name, content)]
+    name = _inner_name(sample, suffixes)
+    # the readers raise EOFError for a stream cut short, so a truncated file is damaged
+    with _decompressing(fmt, data) as stream:
+        return fmt, [(name, budget.read(stream, name))]
 
 
 def _inner_name(sample: Sample, suffixes: tuple[str, ...]) -> str:
@@ -211,19 +292,20 @@ def _inner_name(sample: Sample, suffixes: tuple[str, ...]) -> str:
     return name
 
 
-_READERS: dict[str, Callable[[bytes, _Budget, Sample], list[tuple[str, bytes]]]] = {
-    "zip": lambda d, b, s: _zip(d, b),
-    "tar": lambda d, b, s: _tar(d, b),
-    "7z": lambda d, b, s: _7z(d, b),
-    "rar": lambda d, b, s: _rar(d, b),
-    "gzip": lambda d, b, s: _stream(lambda: zlib.decompressobj(wbits=47), d, b, _inner_name(s, (".gz", ".tgz"))),
-    "bzip2": lambda d, b, s: _stream(bz2.BZ2Decompressor, d, b, _inner_name(s, (".bz2",))),
-    "xz": lambda d, b, s: _stream(lzma.LZMADecompressor, d, b, _inner_name(s, (".xz",))),
+_READERS: dict[str, Callable[[bytes, Budget], Members]] = {
+    "zip": _zip,
+    "tar": lambda d, b: _tar(io.BytesIO(d), b),
+    "7z": _7z,
+    "rar": _rar,
 }
 
 
-def unpack(sample: Sample, limits: ArchiveLimits) -> ArchiveReport:
-    """List and read an archive's members as samples one level deeper; never raises for bad input."""
+def unpack(sample: Sample, budget: Budget | ArchiveLimits) -> ArchiveReport:
+    """Read an archive's members as samples one level deeper, charging ``budget`` (the top-level
+    sample's; given limits start a fresh one). Never raises for bad input."""
+    if isinstance(budget, ArchiveLimits):
+        budget = Budget(budget, sample.size)
+    limits = budget.limits
     fmt = detect_format(sample.content)
     report = ArchiveReport(format=fmt, is_archive=fmt is not None)
     if fmt is None:
@@ -231,9 +313,12 @@ def unpack(sample: Sample, limits: ArchiveLimits) -> ArchiveReport:
     if sample.depth >= limits.max_depth:
         report.limit_hit = f"nested deeper than {limits.max_depth} archives"
         return report
-    budget = _Budget(limits)
+    data = bytes(sample.content)
     try:
-        members = _READERS[fmt](bytes(sample.content), budget, sample)
+        if fmt in _STREAMS:
+            report.format, members = _stream(fmt, data, budget, sample)
+        else:
+            members = _READERS[fmt](data, budget)
     except LimitHit as exc:
         report.limit_hit = str(exc)
         return report
@@ -241,19 +326,8 @@ def unpack(sample: Sample, limits: ArchiveLimits) -> ArchiveReport:
         report.encrypted = True
         return report
     except Exception as exc:  # damaged archive: say so, the rules decide what that means
-        report.error = f"{fmt} archive could not be read: {exc}"
+        report.error = f"{report.format} archive could not be read: {type(exc).__name__}: {exc}"
         return report
-    if fmt == "gzip" and detect_format(members[0][1]) == "tar":
-        # .tar.gz is one archive to users: unpack the tar in the same step.
-        try:
-            members = _tar(members[0][1], _Budget(limits))
-            report.format = "tar.gz"
-        except LimitHit as exc:
-            report.limit_hit = str(exc)
-            return report
-        except Exception as exc:
-            report.error = f"tar archive could not be read: {exc}"
-            return report
     report.total_size = sum(len(c) for _, c in members)
     for name, content in members:
         report.members.append(name)

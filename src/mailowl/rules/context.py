@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mailowl.analysis import ANALYZERS
-from mailowl.analysis.archive import unpack
+from mailowl.analysis import ANALYZERS, activity
+from mailowl.analysis.archive import Budget, unpack
 from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
 from mailowl.analysis.yara import yara_report
@@ -49,16 +49,21 @@ class SampleView:
 
 
 class AnalysisContext:
-    def __init__(self, sample: Sample, engine: Engine, journal: JournalLookup) -> None:
+    def __init__(self, sample: Sample, engine: Engine, journal: JournalLookup, budget: Budget) -> None:
         self.sample = sample
         self.engine = engine
         self.journal = journal
+        #: the top-level sample's archive budget, shared by every member analysed below it
+        self.budget = budget
+        #: the rule being evaluated, for naming where an analysis hung
+        self.rule = ""
 
     def report(self, name: str) -> Any:
         reports = self.sample.reports
         if name in reports:
             return reports[name]
         value: Any
+        activity.doing(f"{name} (rule {self.rule})" if self.rule else name)
         if name == "sample":
             value = SampleView(self.sample)
         elif name == "knownreport":
@@ -66,10 +71,12 @@ class AnalysisContext:
         elif name == "yarareport":
             value = yara_report(self.sample, self.engine.resources.yara_rules)
         elif name == "archivereport":
-            value = unpack(self.sample, self.engine.resources.archive_limits)
+            value = unpack(self.sample, self.budget)
         elif name in ANALYZERS:
             value = ANALYZERS[name](self.sample)
         else:
             raise LookupError(f"no analyser provides '{name}'")
         reports[name] = value
+        if self.rule:
+            activity.doing(f"rule {self.rule}")
         return value

@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailowl.analysis.archive import ArchiveLimits
+from mailowl.analysis import activity
+from mailowl.analysis.archive import ArchiveLimits, Budget
 from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
 from mailowl.results import Result, RuleResult
@@ -49,13 +50,18 @@ class Engine:
     def rule_names(self) -> list[str]:
         return [r.name for r in self.rules]
 
-    def run(self, sample: Sample, journal: JournalLookup = _no_journal) -> Verdict:
+    def run(self, sample: Sample, journal: JournalLookup = _no_journal, budget: Budget | None = None) -> Verdict:
         """Evaluate rules in order. The verdict is the worst result seen, with the reason of the last
-        rule that reached it; a rule that raises makes the verdict ``failed`` and ends the run."""
-        ctx = AnalysisContext(sample, self, journal)
+        rule that reached it; a rule that raises makes the verdict ``failed`` and ends the run.
+        ``budget`` is the archive budget of the top-level sample when ``sample`` is an archive member."""
+        if budget is None:
+            budget = Budget(self.resources.archive_limits, sample.size)
+        ctx = AnalysisContext(sample, self, journal, budget)
         result, reason = Result.unchecked, ""
         done: list[RuleResult] = []
         for rule in self.rules:
+            ctx.rule = rule.name
+            activity.doing(f"rule {rule.name}")
             try:
                 outcome = rule.evaluate(ctx)
             except Exception as exc:

@@ -9,7 +9,8 @@ _D = ArchiveLimits()
 @rule
 class Archive(Rule):
     """Members of an archive are analysed as samples of their own through the same ruleset; the worst
-    member verdict of ``failed`` or ``bad`` decides. Limits stop decompression bombs."""
+    member verdict of ``failed`` or ``bad`` decides. The limits are one budget for the top-level sample
+    and everything nested in it, so they stop decompression bombs at any depth."""
 
     name = "archive"
     options = {
@@ -40,7 +41,7 @@ class Archive(Rule):
             return self.result(self.config["damaged_result"], report.error, False)
         worst, worst_reason = Result.unchecked, ""
         for member in report.contents:
-            verdict = ctx.engine.run(member, ctx.journal)
+            verdict = ctx.engine.run(member, ctx.journal, ctx.budget)
             if verdict.result > worst:
                 worst, worst_reason = verdict.result, f"member {member.filename!r}: {verdict.reason}"
         if worst >= Result.failed:
