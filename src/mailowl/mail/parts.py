@@ -1,4 +1,10 @@
-"""From message bytes to the parts worth analysing: a pure function, built on the standard ``email`` package.
+"""From a message to the parts worth analysing: one streaming walker for every path (milter, content
+filter, ``mail inspect``), whose parts are exactly those the standard ``email`` package finds.
+
+The message is read from a file (or bytes) line by line as ``email``'s feed parser reads it (mailowl.mail.lines);
+header blocks are parsed by ``email`` itself; leaf bodies are never held whole: they are walked past by offset,
+then decoded in pieces into spooled files (mailowl.mail.decode). Every limit is a budget for the whole message;
+hitting one stops the walk and marks the extraction incomplete, so the message is judged unparsable.
 
 Every non-body leaf part becomes a part with its declared filename, content type and disposition. The
 filename comes from Content-Disposition ``filename`` or Content-Type ``name`` in any quoting, RFC 2231
@@ -15,13 +21,18 @@ import email.header
 import email.policy
 import email.utils
 import hashlib
+import io
 import re
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
-from typing import Any
+from email.parser import BytesHeaderParser, BytesParser
+from typing import IO, Any
 
 from mailowl.analysis.sample import basename
+from mailowl.mail.decode import decoder
+from mailowl.mail.lines import BLANK, Line, Lines
 
 
 class _Policy(email.policy.EmailPolicy):
@@ -50,6 +61,8 @@ class MailLimits:
     max_depth: int = 10
     max_parts: int = 1000
     max_total_size: int = 256 * 2**20
+    #: all header blocks of the message together
+    max_header_size: int = 16 * 2**20
 
 
 @dataclass
@@ -76,49 +89,230 @@ class Extraction:
     size: int = 0
 
 
+class _Limit(Exception):
+    pass
+
+
+@dataclass
+class _Leaf:
+    msg: Message
+    #: where the body lies in the file, in order
+    spans: list[tuple[int, int]]
+    #: a multipart without usable boundaries: the ``email`` package never trims its last line end
+    multipart: bool
+
+
+_HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
+_FIELD_NAME = re.compile(rb"[\041-\071\073-\176]*")
+_SPOOL = 1 << 20
+_CHUNK = 1 << 20
+
+
 class _Walker:
-    def __init__(self, limits: MailLimits, include_bodies: bool) -> None:
+    def __init__(self, lines: Lines, limits: MailLimits, include_bodies: bool,
+                 on_part: Callable[[Part], None] | None) -> None:
+        self.lines = lines
         self.limits = limits
         self.include_bodies = include_bodies
+        self.on_part = on_part
         self.out = Extraction()
+        self.count = 0
+        self.header_size = 0
+        #: the last leaf read, kept back until it is known whether its last line end belongs to a boundary
+        self.pending: _Leaf | None = None
+        #: the entity the feed parser would call "last": whose line end a boundary takes
+        self.last: Message | None = None
 
-    def add(self, part: Part) -> bool:
-        if len(self.out.parts) >= self.limits.max_parts:
-            self._stop(f"more than {self.limits.max_parts} parts")
-            return False
-        self.out.size += len(part.content)
-        if self.out.size > self.limits.max_total_size:
-            self._stop(f"decoded parts exceed {self.limits.max_total_size} bytes")
-            return False
-        self.out.parts.append(part)
-        return True
+    # limits -----------------------------------------------------------------------------------------------
+    def add(self, part: Part) -> None:
+        if self.count >= self.limits.max_parts:
+            raise _Limit(f"more than {self.limits.max_parts} parts")
+        self.count += 1
+        if self.on_part is not None:
+            self.on_part(part)
+        else:
+            self.out.parts.append(part)
 
     def _stop(self, why: str) -> None:
         if not self.out.incomplete:
             self.out.findings.append(f"limit reached: {why}; remaining parts not extracted")
         self.out.incomplete = True
 
-    def walk(self, msg: Message, depth: int) -> None:
-        if self.out.incomplete:
-            return
+    def _container(self, depth: int) -> None:
+        if depth >= self.limits.max_depth:
+            raise _Limit(f"nested deeper than {self.limits.max_depth} levels")
+
+    # structure, as email.feedparser walks it --------------------------------------------------------------
+    def entity(self, depth: int, default_type: str) -> None:
+        self.flush(strip=False)
+        msg = self.headers(default_type)
+        self.last = msg
         for defect in msg.defects:
             self.out.findings.append(f"{type(defect).__name__}: {defect}".rstrip(": "))
-        if msg.is_multipart():
-            if depth >= self.limits.max_depth:
-                self._stop(f"nested deeper than {self.limits.max_depth} levels")
-                return
-            payload = msg.get_payload()
-            for sub in payload if isinstance(payload, list) else []:
-                if isinstance(sub, Message):
-                    self.walk(sub, depth + 1)
-            return
-        self.leaf(msg)
+        ctype = msg.get_content_type()
+        if ctype == "message/delivery-status":
+            self._container(depth)
+            self.delivery_status(depth)
+        elif msg.get_content_maintype() == "message":
+            self._container(depth)
+            self.entity(depth + 1, "text/plain")
+        elif msg.get_content_maintype() == "multipart":
+            self.multipart(msg, depth)
+        else:
+            self.pending = _Leaf(msg, self.body(), False)
 
-    def leaf(self, msg: Message) -> None:
+    def headers(self, default_type: str) -> Message:
+        lines = self.lines
+        block: list[bytes] = []
+        last: Line | None = None
+        while (line := lines.readline()) is not None:
+            head = line.head
+            length = line.end - line.start
+            if length > len(head):
+                if length > self.limits.max_header_size - self.header_size:
+                    if _HEADER_LINE.match(head) or _FIELD_NAME.fullmatch(head):
+                        raise _Limit(f"header blocks larger than {self.limits.max_header_size} bytes")
+                else:
+                    head = lines.read(line.start, line.end)
+            if not _HEADER_LINE.match(head):
+                if head[:1] not in (b"\r", b"\n"):
+                    self.out.findings.append("MissingHeaderBodySeparatorDefect: a body line among the headers")
+                    lines.unread(line)
+                break
+            self.header_size += length
+            if self.header_size > self.limits.max_header_size:
+                raise _Limit(f"header blocks larger than {self.limits.max_header_size} bytes")
+            block.append(head)
+            last = line
+        if last is not None and len(block) > 1 and block[-1].startswith(b"From "):
+            lines.unread(last)  # as email does: an envelope-looking last line starts the body
+        msg = BytesHeaderParser(policy=_POLICY).parsebytes(b"".join(block) + b"\n")
+        msg.set_default_type(default_type)
+        return msg
+
+    def body(self) -> list[tuple[int, int]]:
+        lines = self.lines
+        spans: list[tuple[int, int]] = []
+        while lines.pushed:
+            line = lines.readline()
+            if line is None:
+                return spans
+            spans.append((line.start, line.end))
+        start = lines.pos
+        end = lines.skip()
+        if end > start:
+            spans.append((start, end))
+        return spans
+
+    def multipart(self, msg: Message, depth: int) -> None:
+        lines = self.lines
+        boundary = msg.get_boundary()
+        if boundary is None:
+            self.out.findings.append("NoBoundaryInMultipartDefect: multipart without a boundary, read as one part")
+            self.pending = _Leaf(msg, self.body(), True)
+            return
+        try:
+            separator: bytes | None = b"--" + boundary.encode("ascii", "surrogateescape")
+        except UnicodeEncodeError:
+            separator = None  # no line of the message can be that boundary
+        default = "message/rfc822" if msg.get_content_type() == "multipart/digest" else "text/plain"
+        preamble: list[tuple[int, int]] = []
+        in_preamble, closed = True, False
+        while True:
+            if in_preamble and not lines.pushed:
+                start = lines.pos
+                end = lines.skip(separator)
+                if end > start:
+                    preamble.append((start, end))
+            line = lines.readline()
+            if line is None:
+                break
+            if separator is None or not lines.is_boundary(line, separator):
+                preamble.append((line.start, line.end))
+                continue
+            if lines.is_close(line, separator):
+                closed = True
+                break
+            if in_preamble:
+                in_preamble = False
+                lines.unread(line)
+                continue
+            while True:  # repeated boundary lines make no empty parts
+                line = lines.readline()
+                if line is None or not lines.is_boundary(line, separator):
+                    lines.unread(line)
+                    break
+            self._container(depth)
+            lines.ends.append(separator)
+            self.entity(depth + 1, default)
+            self.flush(strip=self.pending is not None and self.last is self.pending.msg
+                       and not self.pending.multipart)
+            lines.ends.pop()
+            self.last = msg
+        if in_preamble:
+            self.out.findings.append("StartBoundaryNotFoundDefect: multipart without its first boundary, "
+                                     "read as one part")
+            self.pending = _Leaf(msg, preamble, True)
+            self.body()  # the rest is epilogue
+            return
+        if not closed:
+            self.out.findings.append("CloseBoundaryNotFoundDefect: multipart without its closing boundary")
+            return
+        self.body()  # epilogue
+
+    def delivery_status(self, depth: int) -> None:
+        lines = self.lines
+        while True:  # blocks of headers, one entity each, separated by blank lines
+            lines.ends.append(BLANK)
+            self.entity(depth + 1, "text/plain")
+            lines.ends.pop()
+            lines.readline()
+            line = lines.readline()
+            if line is None:
+                return
+            lines.unread(line)
+
+    # leaves -----------------------------------------------------------------------------------------------
+    def flush(self, strip: bool) -> None:
+        leaf, self.pending = self.pending, None
+        if leaf is None:
+            return
+        spans = list(leaf.spans)
+        if strip and spans:  # the line end before a boundary belongs to the boundary
+            start, end = spans[-1]
+            tail = self.lines.read(max(start, end - 2), end)
+            end -= 2 if tail.endswith(b"\r\n") else 1 if tail[-1:] in (b"\r", b"\n") else 0
+            spans[-1] = (start, end)
+        msg = leaf.msg
         ctype, disposition, filename = _describe(msg)
-        findings: list[str] = []
-        content = _decode(msg, findings)
-        self.emit(content, ctype, disposition, filename, findings)
+        findings = [f"{type(d).__name__}: {d}".rstrip(": ") for d in msg.defects]
+        self.emit(self.decode(msg, spans, findings), ctype, disposition, filename, findings)
+
+    def decode(self, msg: Message, spans: list[tuple[int, int]], findings: list[str]) -> bytes:
+        cte = str(msg.get("content-transfer-encoding", "")).lower()
+        budget = self.limits.max_total_size - self.out.size
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as spool:
+            sink = _Budgeted(spool, budget, self.limits.max_total_size)
+            work = decoder(cte, sink)
+            for chunk in self._read(spans):
+                work.write(chunk)
+            if not work.finish():
+                findings.append(f"could not decode {cte}: the part is taken as it is")
+                spool.seek(0)
+                spool.truncate()
+                sink.written = 0
+                for chunk in self._read(spans):
+                    sink.write(chunk.translate(None, b"\r\n") if cte == "base64" else chunk)
+            elif getattr(work, "skipped", False):
+                findings.append("broken base64: undecodable data skipped")
+            self.out.size += sink.written
+            spool.seek(0)
+            return spool.read()
+
+    def _read(self, spans: list[tuple[int, int]]) -> Iterator[bytes]:
+        for start, end in spans:
+            for offset in range(start, end, _CHUNK):
+                yield self.lines.read(offset, min(end, offset + _CHUNK))
 
     def emit(self, content: bytes, ctype: str, disposition: str | None, filename: str | None,
              findings: list[str]) -> None:
@@ -126,18 +320,30 @@ class _Walker:
         is_body = filename is None and disposition != "attachment" and ctype in ("text/plain", "text/html")
         if is_body:
             for uu in _uudecode(content):
-                if not self.add(uu):
-                    return
+                self.add(uu)
             if not self.include_bodies:
                 return
         if ctype in _TNEF_TYPES or (filename or "").lower() == "winmail.dat":
             members = _tnef(content, findings)
             if members is not None:
                 for member in members:
-                    if not self.add(member):
-                        return
+                    self.add(member)
                 return
         self.add(Part(filename, ctype, disposition, content, findings))
+
+
+class _Budgeted:
+    """A spool that stops the walk when the decoded parts of the message outgrow their budget."""
+
+    def __init__(self, spool: IO[bytes], budget: int, limit: int) -> None:
+        self.spool, self.budget, self.limit = spool, budget, limit
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        if self.written > self.budget:
+            raise _Limit(f"decoded parts exceed {self.limit} bytes")
+        self.spool.write(data)
 
 
 def _header(msg: Message, name: str) -> tuple[str | None, dict[str, Any]]:
@@ -175,23 +381,6 @@ def _filename(name: Any) -> str | None:
         with contextlib.suppress(Exception):
             name = str(email.header.make_header(email.header.decode_header(name)))
     return basename(name.strip())
-
-
-def _decode(msg: Message, findings: list[str]) -> bytes:
-    cte = str(msg.get("content-transfer-encoding", "")).strip().lower()
-    try:
-        payload = msg.get_payload(decode=True)
-    except Exception as exc:
-        findings.append(f"could not decode {cte or 'part'}: {exc}")
-        raw = msg.get_payload()
-        return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
-    for defect in msg.defects:
-        findings.append(f"{type(defect).__name__}: {defect}".rstrip(": "))
-    if payload is None:
-        return b""
-    if isinstance(payload, bytes):
-        return payload
-    return str(payload).encode("utf-8", "surrogateescape")
 
 
 def _uudecode(text: bytes) -> list[Part]:
@@ -241,20 +430,20 @@ def _tnef(content: bytes, findings: list[str]) -> list[Part] | None:
     return members
 
 
-def extract(raw: bytes, limits: MailLimits | None = None, include_bodies: bool = False) -> Extraction:
-    """The parts of a message in the order found; never raises for bad input."""
-    walker = _Walker(limits or MailLimits(), include_bodies)
+def extract(message: bytes | IO[bytes], limits: MailLimits | None = None, include_bodies: bool = False,
+            on_part: Callable[[Part], None] | None = None) -> Extraction:
+    """The parts of a message (bytes, or a seekable binary file) in the order found; never raises for bad
+    input. With ``on_part``, each part is handed over as it is found instead of being collected."""
+    source = io.BytesIO(message) if isinstance(message, bytes) else message
+    walker = _Walker(Lines(source), limits or MailLimits(), include_bodies, on_part)
     try:
-        msg = BytesParser(policy=_POLICY).parsebytes(raw)
-    except Exception as exc:  # the parser is lenient; this is for the truly unexpected
-        walker.out.findings.append(f"message could not be parsed: {exc}")
-        walker.out.incomplete = True
-        return walker.out
-    try:
-        walker.walk(msg, 0)
+        walker.entity(0, "text/plain")
+        walker.flush(strip=False)
+    except _Limit as exc:
+        walker._stop(str(exc))
     except RecursionError:
         walker._stop("nesting too deep for the parser")
-    except Exception as exc:
+    except Exception as exc:  # a bug here must not let a message through unanalysed
         walker.out.findings.append(f"message could not be walked: {type(exc).__name__}: {exc}")
         walker.out.incomplete = True
     return walker.out

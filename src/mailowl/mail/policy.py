@@ -18,7 +18,6 @@ from typing import IO, Any
 from mailowl.analysis.sample import Sample
 from mailowl.analysis.service import AnalysisService, QueueFull
 from mailowl.mail.parts import Extraction, MailLimits, extract
-from mailowl.mail.stream import extract_file
 from mailowl.results import Result
 from mailowl.store import Job
 
@@ -94,13 +93,11 @@ async def decide(service: AnalysisService, message: bytes | IO[bytes], envelope:
     else:
         size = message.seek(0, 2)
         message.seek(0)
-        raw = message.read() if size <= _INLINE_PARSE else message.read(65536)
+        raw = message.read(65536)
     if size <= _INLINE_PARSE:
-        extraction = extract(raw, policy.limits, policy.include_bodies)
-    elif isinstance(message, bytes):
-        extraction = await asyncio.to_thread(extract, raw, policy.limits, policy.include_bodies)
+        extraction = extract(message, policy.limits, policy.include_bodies)
     else:
-        extraction = await asyncio.to_thread(extract_file, message, policy.limits, policy.include_bodies)
+        extraction = await asyncio.to_thread(extract, message, policy.limits, policy.include_bodies)
     jobs: list[Job] = []
     try:
         for part in extraction.parts:
