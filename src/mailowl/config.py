@@ -70,6 +70,9 @@ class ServerConfig(_Section):
     #: a v1 report request for a pending job waits this many seconds for the verdict before its 404
     report_wait: float = Field(default=0.25, ge=0, le=30)
     data_dir: Path = Path("mailowl-data")
+    #: seconds a connection may take to send a request's headers, or pause within its body, and may sit
+    #: idle between requests, before the server closes it
+    read_timeout: Annotated[int, BeforeValidator(parse_duration), Field(ge=1, le=3600)] = 30
 
     @field_validator("listen")
     @classmethod

@@ -12,7 +12,7 @@ import uvicorn
 
 from mailowl.analysis.service import AnalysisService
 from mailowl.api.app import create_app
-from mailowl.api.transport import CoalescingHttpToolsProtocol
+from mailowl.api.transport import http_protocol
 from mailowl.config import Config, split_listen
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.mail.milter import MilterServer
@@ -99,6 +99,9 @@ def serve(config: Config, engine: Engine | None = None) -> None:
     service = build_service(config, engine)
     host, port = split_listen(config.server.listen)
     app = make_asgi(config, service)
+    # one setting for every way a client can hold a connection without finishing a request
+    timeout = config.server.read_timeout
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                http=CoalescingHttpToolsProtocol, loop="uvloop", timeout_keep_alive=30, server_header=False, proxy_headers=False)
+                http=http_protocol(timeout), loop="uvloop", timeout_keep_alive=timeout, server_header=False,
+                proxy_headers=False)
 

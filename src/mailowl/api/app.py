@@ -17,8 +17,9 @@ from starlette.routing import Route
 from mailowl import __version__
 from mailowl.analysis.sample import Sample
 from mailowl.analysis.service import AnalysisService, QueueFull
+from mailowl.api.ids import BadJobId, parse_job_id
 from mailowl.api.openapi import openapi_document
-from mailowl.api.upload import UploadError, boundary_of, read_form
+from mailowl.api.upload import UploadError, boundary_of, read_form, receive_body
 from mailowl.store import Job
 
 Scope = MutableMapping[str, Any]
@@ -72,22 +73,12 @@ class V1FastPath:
                 for key, value in scope["headers"]:
                     if key in _UPLOAD_HEADERS:
                         headers[key.decode("latin-1")] = value.decode("latin-1")
-                status, payload, job, _ = await self.api.submit(headers, _body(receive), v2=False)
+                status, payload, job, _ = await self.api.submit(headers, receive_body(receive), v2=False)
                 if job is not None:
                     payload = {"job_id": job.id}
                 await send_json(send, status, payload, [(b"retry-after", b"5")] if status == 503 else None)
                 return
         await self.app(scope, receive, send)
-
-
-async def _body(receive: Any) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise UploadError(400, "Client disconnected during upload")
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
 
 
 class BearerAuth:
@@ -127,8 +118,10 @@ class Api:
             raise UploadError(400, "Invalid content type, use multipart/form-data")
         if not boundary:
             raise UploadError(400, "Invalid MIME structure in request")
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_sample_size + _FORM_OVERHEAD:
+        length = headers.get("content-length", "")
+        # a length of many digits is too large too, without asking int() to read them all
+        if length.isascii() and length.isdigit() and (
+                len(length) > 19 or int(length) > self.max_sample_size + _FORM_OVERHEAD):
             raise UploadError(413, f"Sample too large: the limit is {self.max_sample_size} bytes")
         parts = await read_form(body, boundary, self.max_sample_size)
         if not parts:
@@ -165,11 +158,10 @@ class Api:
 
     async def report(self, raw: str) -> tuple[int, dict[str, Any]]:
         try:
-            job_id = int(raw)
-        except ValueError:
-            return 404, {"message": f"Requested URL /v1/report/{raw} not found"}
-        if not job_id:
-            return 400, {"message": "job ID missing from request"}
+            job_id = parse_job_id(raw)
+        except BadJobId as exc:
+            # PeekabooAV's text for 0; a clear one for the rest, which PeekabooAV answered with 404
+            return 400, {"message": "job ID missing from request" if exc.zero else exc.message}
         job = await self.service.store.get_job(job_id)
         if job is not None and not job.finished and self.report_wait:
             # answering when the verdict is ready, rather than 404 now, saves v1 clients a round of polling
@@ -181,7 +173,7 @@ class Api:
 
     # mailowl v2 ---------------------------------------------------------------------------------------------
     async def scan_v2(self, request: Request) -> Response:
-        status, problem, job, options = await self.submit(request.headers, request.stream(), v2=True)
+        status, problem, job, options = await self.submit(request.headers, receive_body(request.receive), v2=True)
         if job is None:
             return JSON(problem, status, headers=_RETRY if status == 503 else None)
         wait = float(options.get("wait", 0))
@@ -190,18 +182,19 @@ class Api:
         return JSON(job.as_dict(), 200 if job.finished else 202)
 
     async def job_v2(self, request: Request) -> Response:
-        raw = request.path_params["job_id"]
-        if not raw.isdigit() or int(raw) <= 0:
-            return error(400, f"Job id must be a positive whole number, got {raw!r}")
+        try:
+            job_id = parse_job_id(request.path_params["job_id"])
+        except BadJobId as exc:
+            return error(400, exc.message)
         try:
             wait = float(request.query_params.get("wait", "0"))
         except ValueError:
             return error(400, "wait must be a number of seconds")
         if not 0 <= wait <= MAX_WAIT:
             return error(400, f"wait must be between 0 and {MAX_WAIT:g} seconds")
-        job = await self.service.store.get_job(int(raw))
+        job = await self.service.store.get_job(job_id)
         if job is None:
-            return error(404, f"No job {raw}")
+            return error(404, f"No job {job_id}")
         await job.wait(wait)
         return JSON(job.as_dict())
 

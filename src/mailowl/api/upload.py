@@ -6,21 +6,28 @@ costs one 100 MB buffer, not two or three.
 
 from __future__ import annotations
 
+import email.errors
 import email.header
 import email.message
 import email.utils
 import re
 import tempfile
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from python_multipart import MultipartParser
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 
 _SPOOL = 1 << 20
 _SMALL_FIELD = 64 * 1024
+#: python-multipart's own ceiling; RFC 2046 asks for at most 70 characters
+MAX_BOUNDARY = 256
+#: a form carries "file" and, in v2, "options": many more parts are an attack on memory, not a form
+MAX_PARTS = 16
+#: all header lines of one part together
+MAX_PART_HEADERS = 64 * 1024
 
 
 class UploadError(Exception):
@@ -77,8 +84,21 @@ def parse_disposition(value: str) -> tuple[str | None, str | None]:
         return simple.get("name"), simple.get("filename")
     name, filename = _full_disposition(value)
     if filename and "=?" in filename:
-        filename = str(email.header.make_header(email.header.decode_header(filename)))
+        filename = _decode_words(filename)
     return name, filename
+
+
+def _decode_words(text: str) -> str:
+    """``text`` with its RFC 2047 encoded-words decoded; as written if any of them cannot be.
+
+    The filename comes from the attachment, so from whoever sent the mail: refusing the upload for an
+    unknown charset or bytes that are not what the charset says would let a sender make any attachment
+    unscannable. Kept as written, the name is what PeekabooAV (which decodes nothing) would see.
+    """
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (LookupError, ValueError, email.errors.MessageError):
+        return text
 
 
 def _full_disposition(value: str) -> tuple[str | None, str | None]:
@@ -119,22 +139,57 @@ def boundary_of(content_type: str) -> bytes | None:
     return boundary.encode("latin-1", "replace")
 
 
+async def receive_body(receive: Callable[[], Awaitable[Any]]) -> AsyncIterator[bytes]:
+    """The request body from ASGI ``receive``; UploadError(400) if the client goes away first.
+
+    Every upload route reads through this, so a disconnect is an ordinary upload error (answered into
+    the void, never logged as a crash) on the v1 fast path and the Starlette routes alike.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise UploadError(400, "Client disconnected during upload")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+def _too_many_parts() -> UploadError:
+    return UploadError(400, 'Invalid number of fields in form, we accept only one field "file"')
+
+
 async def read_form(body: AsyncIterator[bytes], boundary: bytes, limit: int) -> list[Part]:
     """All parts of the form; each may hold up to ``limit`` bytes and all together ``limit`` + 64 KiB.
-    Raises UploadError(413) past the limit without reading further."""
+    Raises UploadError(413) past the limit without reading further, UploadError(400) for anything
+    that is not a well-formed form of at most MAX_PARTS parts with MAX_PART_HEADERS bytes of headers each."""
+    if len(boundary) > MAX_BOUNDARY:
+        raise UploadError(400, f"Invalid MIME structure in request: the multipart boundary has {len(boundary)} "
+                               f"characters, at most {MAX_BOUNDARY} are allowed")
     parts: list[Part] = []
     current: list[Part] = []
     header_field = bytearray()
     header_value = bytearray()
     total = [0]
+    header_bytes = [0]
 
     def on_part_begin() -> None:
+        if len(parts) >= MAX_PARTS:
+            raise _too_many_parts()
         current[:] = [Part()]
+        header_bytes[0] = 0
+
+    def count_header(size: int) -> None:
+        header_bytes[0] += size
+        if header_bytes[0] > MAX_PART_HEADERS:
+            raise UploadError(400, f"Invalid MIME structure in request: a part's headers exceed "
+                                   f"{MAX_PART_HEADERS} bytes")
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
+        count_header(end - start)
         header_field.extend(data[start:end])
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
+        count_header(end - start)
         header_value.extend(data[start:end])
 
     def on_header_end() -> None:
@@ -155,7 +210,7 @@ async def read_form(body: AsyncIterator[bytes], boundary: bytes, limit: int) -> 
         ctype = part.headers.get("content-type")
         if ctype:
             part.content_type = ctype.split(";", 1)[0].strip().lower() or None
-        # closed by Part.data() or by the error paths below
+        # closed by Part.data() or by the error path below
         part.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
@@ -169,25 +224,27 @@ async def read_form(body: AsyncIterator[bytes], boundary: bytes, limit: int) -> 
     def on_part_end() -> None:
         parts.append(current[0])
 
-    parser = MultipartParser(boundary, callbacks={  # type: ignore[arg-type]
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
     try:
+        parser = MultipartParser(boundary, callbacks={  # type: ignore[arg-type]
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+            "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data, "on_part_end": on_part_end,
+        })
         async for chunk in body:
             if chunk:
                 parser.write(chunk)
         parser.finalize()
-    except MultipartParseError:
-        for part in parts + current:
-            if part.spool is not None:
-                part.spool.close()
+    except FormParserError:
+        _discard(parts + current)
         # PeekabooAV's text for anything that is not a well-formed form
         raise UploadError(400, "Invalid MIME structure in request") from None
-    except UploadError:
-        for part in parts + current:
-            if part.spool is not None:
-                part.spool.close()
+    except BaseException:
+        _discard(parts + current)
         raise
     return parts
+
+
+def _discard(parts: list[Part]) -> None:
+    for part in parts:
+        if part.spool is not None:
+            part.spool.close()
