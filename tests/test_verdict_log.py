@@ -56,6 +56,7 @@ async def test_message_and_job_lines_parse_back(make_service: object, tmp_path: 
                             MailPolicy(), "milter")
     job = service.submit(Sample(b"@echo rest", "rest.bat"))
     await job.wait(10)
+    assert service.verdict_log.flush()
     lines = path.read_text().splitlines()
     assert len(lines) == 2  # one for the message (its parts are in it), one for the REST job
     doc = parse(lines[0])
@@ -73,6 +74,7 @@ async def test_ecs_documents(make_service: object, tmp_path: Path) -> None:
     path = tmp_path / "ecs.log"
     service = await make_service(VerdictLog(f"file:{path}", fmt="ecs"))  # type: ignore[operator]
     await decide(service, message(("x.bat", b"@echo x")), ENV, MailPolicy(), "milter")
+    assert service.verdict_log.flush()
     doc = json.loads(path.read_text().splitlines()[0])
     assert doc["email"]["message_id"] == "<m1@x>" and doc["email"]["to"]["address"][0] == "b@example.net"
     assert doc["email"]["attachments"][0]["file"]["name"] == "x.bat"
@@ -156,5 +158,6 @@ async def test_stdout_target(make_service: object, capsys: pytest.CaptureFixture
     service = await make_service(VerdictLog("stdout"))  # type: ignore[operator]
     job = service.submit(Sample(b"@echo out", "o.bat"))
     await job.wait(10)
+    assert service.verdict_log.flush()
     doc = parse(capsys.readouterr().out.splitlines()[-1])
     assert doc["status_letter"] == "job" and doc["filename"] == "o.bat" and doc["result"] == "bad"

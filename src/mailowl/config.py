@@ -152,6 +152,8 @@ class MailConfig(_Section):
     include_bodies: bool = False
     max_parts: int = Field(default=1000, ge=1)
     max_depth: int = Field(default=10, ge=1, le=100)
+    #: all header blocks of a message together (the message's own and its parts')
+    max_header_size: Size = 16 * 2**20
     header: str = "X-Mailowl-Result"
 
 
@@ -160,6 +162,10 @@ class LogConfig(_Section):
     target: str = ""
     format: Literal["klms", "ecs"] = "klms"
     syslog_format: Literal["rfc3164", "rfc5424"] = "rfc3164"
+    #: lines waiting for the writer thread; beyond this they are dropped (and counted), never waited for
+    queue_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    #: seconds a connect or send to a syslog target may take before the writer reconnects
+    send_timeout: float = Field(default=5.0, gt=0, le=300)
 
     @field_validator("target")
     @classmethod

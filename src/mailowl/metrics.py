@@ -10,6 +10,8 @@ QUEUE_DEPTH = Gauge("mailowl_queue_depth", "Jobs waiting for a worker")
 REJECTED = Counter("mailowl_queue_rejected_total", "Submissions refused because the queue was full")
 LATENCY = Histogram("mailowl_analysis_seconds", "Time from a worker taking a job to its verdict",
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+LOG_LINES_DROPPED = Counter("mailowl_log_lines_dropped", "Verdict log lines lost: the queue to the log writer was "
+                            "full, or the target did not take them before shutdown")
 
 
 @cache

@@ -140,18 +140,34 @@ def _render(value: object) -> str:
 _MODULES = ("kt", "av", "ap", "as", "ma", "cf")
 
 
+# RFC 3164 month names are English whatever the locale: strftime's %b and strptime's %b are not
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH_NUMBER = {name: number for number, name in enumerate(MONTHS, 1)}
+_STAMP_3164 = re.compile(r"([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d\d):(\d\d):(\d\d)")
+
+
+def rfc3164_timestamp(now: datetime) -> str:
+    """``Nov  4 03:54:01``: day padded with a space, time with zeros, in the clock's own time zone."""
+    return f"{MONTHS[now.month - 1]} {now.day:2d} {now.hour:02d}:{now.minute:02d}:{now.second:02d}"
+
+
 def iso_timestamp(stamp: str, now: datetime | None = None) -> str | None:
     """ISO 8601 for a syslog timestamp; RFC 3164 has no year: the latest one not in the future."""
     if stamp[:4].isdigit():
         return stamp
-    now = now or datetime.now()
-    try:
-        parsed = datetime.strptime(f"{now.year} {stamp}", "%Y %b %d %H:%M:%S")
-    except ValueError:
+    match = _STAMP_3164.fullmatch(stamp)
+    if match is None or match.group(1) not in _MONTH_NUMBER:
         return None
-    if parsed > now.replace(microsecond=0) + timedelta(days=1):
-        parsed = parsed.replace(year=now.year - 1)
-    return parsed.isoformat()
+    now = (now or datetime.now()).replace(tzinfo=None, microsecond=0)
+    month, day, hour, minute, second = _MONTH_NUMBER[match.group(1)], *(int(g) for g in match.groups()[1:])
+    for year in range(now.year, now.year - 5, -1):  # four years back reach the last 29 February
+        try:
+            parsed = datetime(year, month, day, hour, minute, second)
+        except ValueError:
+            continue
+        if parsed <= now + timedelta(days=1):
+            return parsed.isoformat()
+    return None
 
 
 def _file(name: str | None) -> dict[str, Any]:
