@@ -16,7 +16,7 @@ from mailowl.api.transport import http_protocol
 from mailowl.config import Config, split_listen
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.mail.milter import MilterServer
-from mailowl.mail.parts import limits_for
+from mailowl.mail.parts import MailLimits
 from mailowl.mail.policy import MailPolicy
 from mailowl.mail.smtp import ContentFilter
 from mailowl.rules.engine import Engine
@@ -55,7 +55,8 @@ def mail_policy(config: Config) -> MailPolicy:
     return MailPolicy(wait=mail.wait, on_bad=mail.on_bad, on_failed=mail.on_failed, on_unparsable=mail.on_unparsable,
                       reject_text=mail.reject_text, tempfail_text=mail.tempfail_text,
                       include_bodies=mail.include_bodies, header=mail.header,
-                      limits=limits_for(config))
+                      limits=MailLimits(max_depth=mail.max_depth, max_parts=mail.max_parts,
+                                        max_total_size=config.server.max_sample_size * 4))
 
 
 @contextlib.asynccontextmanager
