@@ -8,9 +8,13 @@ import base64
 import binascii
 import contextlib
 import io
+import json
 import quopri
+import subprocess
+import sys
 from email.message import Message
 from email.parser import BytesParser
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -274,3 +278,27 @@ def test_many_parts_stop_at_the_limit_early() -> None:
     seen: list[parts.Part] = []
     out = extract(raw, MailLimits(max_parts=1000), on_part=seen.append)
     assert out.incomplete and len(seen) == 1000
+
+
+def test_inspect_streams_a_large_message_from_the_file(tmp_path: Path) -> None:
+    """Peak memory of `mail inspect` stays within twice the largest decoded part plus 64 MiB."""
+    part = 30 * 2**20
+    path = tmp_path / "big.eml"
+    block = base64.encodebytes(bytes(range(256)) * 222 + b"x" * 24).replace(b"\n", b"\r\n")  # 57,000 bytes
+    with path.open("wb") as f:
+        f.write(_mail(b""))
+        for i in range(3):
+            f.write(b'--B\r\nContent-Disposition: attachment; filename="p%d.bin"\r\n'
+                    b"Content-Transfer-Encoding: base64\r\n\r\n" % i)
+            for _ in range(part // 57_000):
+                f.write(block)
+        f.write(b"--B--\r\n")
+    probe = ("import resource, subprocess, sys; out = subprocess.run(sys.argv[1:], capture_output=True, check=True)"
+             "; sys.stdout.buffer.write(out.stdout); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "mailowl.cli", "mail", "inspect",
+                          str(path)], capture_output=True, check=True).stdout.decode()
+    report, _, peak = out.rpartition("}")
+    summary = json.loads(report + "}")
+    assert [p["filename"] for p in summary["parts"]] == ["p0.bin", "p1.bin", "p2.bin"]
+    largest = max(p["size"] for p in summary["parts"])
+    assert int(peak) * 1024 <= 2 * largest + 64 * 2**20

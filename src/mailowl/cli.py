@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -120,9 +121,13 @@ def cmd_db_purge(args: argparse.Namespace) -> int:
         seconds = parse_duration(args.older_than)
     except ValueError as exc:
         raise ConfigError(f"--older-than: {exc}") from None
+    if seconds < config.store.purge_min_age:
+        # a running server answers young jobs from memory: purging them would leave it serving deleted jobs
+        raise ConfigError(f"--older-than {args.older_than}: must be at least [store] purge_min_age "
+                          f"({config.store.purge_min_age} s)")
 
     async def run() -> int:
-        store = Store(config.store_url)
+        store = Store(config.store_url, purge_min_age=config.store.purge_min_age)
         await store.open()
         try:
             return await store.purge(seconds)
@@ -149,21 +154,38 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_mail_inspect(args: argparse.Namespace) -> int:
-    from mailowl.mail.parts import extract
+    import shutil
+    import tempfile
+
+    from mailowl.mail.parts import Part, extract, limits_for
+
+    config = load_config(args.config)
+    summaries: list[dict[str, Any]] = []
+    findings: list[list[str]] = []
+
+    def seen(part: Part) -> None:
+        # the part's content is dropped here: memory holds one part at a time
+        summaries.append(part.summary())
+        findings.append(part.findings)
 
     try:
-        raw = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+        with contextlib.ExitStack() as stack:
+            if args.file == "-":  # the walker seeks: a pipe is spooled first
+                source = stack.enter_context(tempfile.TemporaryFile())
+                shutil.copyfileobj(sys.stdin.buffer, source, 1 << 20)
+            else:
+                source = stack.enter_context(Path(args.file).open("rb"))
+            extraction = extract(source, limits_for(config), args.bodies, on_part=seen)
     except OSError as exc:
         print(f"mailowl: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
-    extraction = extract(raw, include_bodies=args.bodies)
-    out: dict[str, Any] = {"parts": [p.summary() for p in extraction.parts]}
-    if args.verbose_findings:
+    out: dict[str, Any] = {"parts": summaries}
+    if args.verbose_findings or extraction.incomplete:
         out["findings"] = extraction.findings
-        out["part_findings"] = [p.findings for p in extraction.parts]
+        out["part_findings"] = findings
         out["incomplete"] = extraction.incomplete
     print(json.dumps(out, indent=2, ensure_ascii=False))
-    return 0
+    return 1 if extraction.incomplete else 0
 
 
 def cmd_logs_parse(args: argparse.Namespace) -> int:
@@ -237,6 +259,7 @@ def parser() -> argparse.ArgumentParser:
     mail = sub.add_parser("mail", help="mail tools").add_subparsers(dest="mail_command", required=True)
     s = mail.add_parser("inspect", help="list the parts mailowl would analyse in a message (.eml)")
     s.add_argument("file", help="message file, or - for standard input")
+    s.add_argument("--config", type=Path, help="mailowl.toml whose [mail] limits apply (default: $MAILOWL_CONFIG)")
     s.add_argument("--bodies", action="store_true", help="include text bodies, as mail.include_bodies does")
     s.add_argument("--findings", dest="verbose_findings", action="store_true",
                    help="also show decoding problems found")

@@ -86,8 +86,10 @@ class StoreConfig(_Section):
     url: str = ""
     #: cached verdicts older than this are not reused by the `known` rule (0 = no limit)
     max_age: Duration = 30 * 86400
-    #: how many finished jobs stay in memory for fast report lookups
-    memory_jobs: int = Field(default=100_000, ge=100)
+    #: how many recent jobs (and verdict-cache identities) stay in memory for fast report lookups
+    memory_jobs: int = Field(default=10_000, ge=100)
+    #: `db purge` refuses to delete younger jobs; the server answers jobs younger than half of it from memory
+    purge_min_age: Duration = 3600
 
     @field_validator("url")
     @classmethod
@@ -106,9 +108,24 @@ class QueueConfig(_Section):
     workers: int = Field(default=2, ge=1, le=64)
 
 
+def _seconds(value: Any) -> Any:
+    """Seconds as a number (fractions allowed) or a duration such as "90s" or "2m"."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return parse_duration(value)
+    return value
+
+
 class AnalysisConfig(_Section):
     #: ruleset file: native TOML or a PeekabooAV ruleset.conf; empty means the built-in ruleset
     ruleset: str = ""
+    #: one sample's whole analysis (archive members included); past it the verdict is failed and the
+    #: worker process is killed and replaced
+    timeout: Annotated[float, BeforeValidator(_seconds), Field(gt=0, le=86400)] = 60.0
+    #: memory a worker process may use beyond its size when idle (its address-space limit)
+    max_memory: Size = 256 * 2**20
 
 
 class MilterConfig(_Section):

@@ -16,7 +16,7 @@ from mailowl.api.transport import http_protocol
 from mailowl.config import Config, split_listen
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.mail.milter import MilterServer
-from mailowl.mail.parts import MailLimits
+from mailowl.mail.parts import limits_for
 from mailowl.mail.policy import MailPolicy
 from mailowl.mail.smtp import ContentFilter
 from mailowl.rules.engine import Engine
@@ -28,10 +28,12 @@ log = logging.getLogger("mailowl")
 
 def build_service(config: Config, engine: Engine | None = None) -> AnalysisService:
     engine = engine or load_engine(config.ruleset_path)
-    store = Store(config.store_url, max_age=config.store.max_age, memory_jobs=config.store.memory_jobs)
+    store = Store(config.store_url, max_age=config.store.max_age, memory_jobs=config.store.memory_jobs,
+                  purge_min_age=config.store.purge_min_age)
     log = VerdictLog.from_config(config.log)
     return AnalysisService(engine, store, queue_size=config.queue.size, workers=config.queue.workers,
-                           verdict_log=log)
+                           verdict_log=log, timeout=config.analysis.timeout,
+                           memory_limit=config.analysis.max_memory)
 
 
 @contextlib.asynccontextmanager
@@ -55,8 +57,7 @@ def mail_policy(config: Config) -> MailPolicy:
     return MailPolicy(wait=mail.wait, on_bad=mail.on_bad, on_failed=mail.on_failed, on_unparsable=mail.on_unparsable,
                       reject_text=mail.reject_text, tempfail_text=mail.tempfail_text,
                       include_bodies=mail.include_bodies, header=mail.header,
-                      limits=MailLimits(max_depth=mail.max_depth, max_parts=mail.max_parts,
-                                        max_total_size=config.server.max_sample_size * 4))
+                      limits=limits_for(config))
 
 
 @contextlib.asynccontextmanager

@@ -31,6 +31,7 @@ from email.parser import BytesHeaderParser, BytesParser
 from typing import IO, Any
 
 from mailowl.analysis.sample import basename
+from mailowl.config import Config
 from mailowl.mail.decode import decoder
 from mailowl.mail.lines import BLANK, Line, Lines
 
@@ -63,6 +64,12 @@ class MailLimits:
     max_total_size: int = 256 * 2**20
     #: all header blocks of the message together
     max_header_size: int = 16 * 2**20
+
+
+def limits_for(config: Config) -> MailLimits:
+    """The message-wide budgets a configuration sets; decoded parts may take four samples' worth."""
+    return MailLimits(max_depth=config.mail.max_depth, max_parts=config.mail.max_parts,
+                      max_total_size=config.server.max_sample_size * 4, max_header_size=config.mail.max_header_size)
 
 
 @dataclass
