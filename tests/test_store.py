@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
@@ -21,9 +22,9 @@ async def test_jobs_verdicts_and_purge(store_url: str) -> None:
     store = Store(store_url, max_age=7 * 86400)
     await store.open()
     try:
-        a = store.new_job(Sample(b"alpha content", "a.exe", "application/octet-stream").facts())
-        b = store.new_job(Sample(b"beta content", "b.txt").facts())
-        c = store.new_job(Sample(b"gamma content", "c.bin").facts())
+        a = await store.new_job(Sample(b"alpha content", "a.exe", "application/octet-stream").facts())
+        b = await store.new_job(Sample(b"beta content", "b.txt").facts())
+        c = await store.new_job(Sample(b"gamma content", "c.bin").facts())
         assert (a.id, b.id, c.id) == (1, 2, 3)
         finish(store, a, Result.bad, "evil")
         finish(store, b, Result.failed, "broke")
@@ -40,7 +41,7 @@ async def test_jobs_verdicts_and_purge(store_url: str) -> None:
         assert job.facts["sha256"] == Sample(b"alpha content").sha256
         assert (await store.get_job(c.id)) is not None and (await store.get_job(c.id)).state == "pending"  # type: ignore[union-attr]
         assert await store.get_job(99) is None
-        assert store.new_job(Sample(b"x").facts()).id == 4  # ids continue
+        assert (await store.new_job(Sample(b"x").facts())).id == 4  # ids continue
 
         known = await store.journal(a.identity)
         assert known.known and known.worst() == (Result.bad, "evil")
@@ -48,6 +49,12 @@ async def test_jobs_verdicts_and_purge(store_url: str) -> None:
         assert not (await store.journal(Sample(b"never seen").identity)).known
 
         await store.flush()
+        store.run = "old-host 1 1"  # the jobs are now those of a run on this host that died
+        assert await store.abandon_pending() == 0  # another host's run: alive as far as we know
+        store.run = f"{socket.gethostname()} 999999999 1"
+        async with store.engine.begin() as conn:  # type: ignore[union-attr]
+            await conn.execute(update(jobs).values(run=store.run))
+        store.run = f"{socket.gethostname()} 1 1"
         assert await store.abandon_pending() == 2  # c and the new job: what a crash leaves behind
         store._jobs.clear()
         assert (await store.get_job(c.id)).result is Result.failed  # type: ignore[union-attr]
@@ -69,7 +76,7 @@ async def test_long_declared_values_do_not_stall_writes(store_url: str) -> None:
     store = Store(store_url)
     await store.open()
     try:
-        job = store.new_job(Sample(b"x" * 10, "n" * 2000 + ".exe", "t/" + "y" * 400).facts())
+        job = await store.new_job(Sample(b"x" * 10, "n" * 2000 + ".exe", "t/" + "y" * 400).facts())
         finish(store, job, Result.unknown)
         await store.flush()
         store._jobs.clear()
@@ -82,7 +89,7 @@ async def test_long_declared_values_do_not_stall_writes(store_url: str) -> None:
 
 async def test_verdict_lookups_are_batched_and_cached(sqlite_store: Store) -> None:
     store = sqlite_store
-    job = store.new_job(Sample(b"known sample", "k.bin").facts())
+    job = await store.new_job(Sample(b"known sample", "k.bin").facts())
     finish(store, job, Result.good, "fine")
     await store.flush()
     # in memory right away, before and after the write

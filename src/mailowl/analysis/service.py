@@ -66,19 +66,22 @@ class AnalysisService:
             await asyncio.to_thread(thread.join, 30)
         self._threads = []
 
-    def submit(self, sample: Sample, force: bool = False, origin: str = "rest") -> Job:
-        """Queue a sample; raises QueueFull instead of letting the queue grow without bound. ``force``
-        analyses it afresh even if a verdict is cached."""
+    async def submit(self, sample: Sample, force: bool = False, origin: str = "rest") -> Job:
+        """Queue a sample and return its job once the job's row is committed, so its id survives a crash.
+        Raises QueueFull instead of letting the queue grow without bound, StoreError if the row cannot be
+        stored. ``force`` analyses it afresh even if a verdict is cached."""
         if self.pending >= self.queue_size:
             metrics.REJECTED.inc()
             raise QueueFull()
-        job = self.store.new_job(sample.facts(light=True))
+        job = self.store.add_job(sample.facts(light=True))
         job.origin = origin
         identity = sample.identity
-        key = f"force:{job.id}" if force else identity
+        # the analysis starts while the row is being committed; the job has no id before that
+        key = f"force:{id(job)}" if force else identity
         waiting = self._in_flight.get(key)
         if waiting is not None:
             waiting.append(job)
+            await self.store.committed(job)
             return job
         self._in_flight[key] = [job]
         self.pending += 1
@@ -90,6 +93,7 @@ class AnalysisService:
             task.add_done_callback(self._lookups.discard)
         else:
             self._start(key, sample, journal)
+        await self.store.committed(job)
         return job
 
     def cached(self, sample: Sample) -> Job | None:
@@ -108,7 +112,7 @@ class AnalysisService:
 
     async def analyse(self, sample: Sample, wait: float | None = None) -> Job:
         """Submit and wait for the verdict (used in-process by the CLI and mail ingress)."""
-        job = self.submit(sample)
+        job = await self.submit(sample)
         await job.wait(wait if wait is not None else 3600.0)
         return job
 

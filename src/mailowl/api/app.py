@@ -20,7 +20,7 @@ from mailowl.analysis.service import AnalysisService, QueueFull
 from mailowl.api.ids import BadJobId, parse_job_id
 from mailowl.api.openapi import openapi_document
 from mailowl.api.upload import UploadError, boundary_of, read_form, receive_body
-from mailowl.store import Job
+from mailowl.store import Job, StoreError
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -151,9 +151,11 @@ class Api:
         except UploadError as exc:
             return exc.status, {"message": exc.message}, None, {}
         try:
-            job = self.service.submit(sample, force=bool(options.get("force")))
+            job = await self.service.submit(sample, force=bool(options.get("force")))
         except QueueFull:
             return 503, {"message": "Analysis queue is full, try again later"}, None, {}
+        except StoreError as exc:  # no durable job, no id: the client must try again
+            return 503, {"message": f"Store unavailable, try again later: {exc}"}, None, {}
         return 200, {}, job, options
 
     async def report(self, raw: str) -> tuple[int, dict[str, Any]]:

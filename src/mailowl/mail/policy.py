@@ -102,7 +102,7 @@ async def decide(service: AnalysisService, message: bytes | IO[bytes], envelope:
     try:
         for part in extraction.parts:
             sample = Sample(part.content, part.filename, part.content_type, part.disposition)
-            jobs.append(service.cached(sample) or service.submit(sample, origin="mail"))
+            jobs.append(service.cached(sample) or await service.submit(sample, origin="mail"))
     except QueueFull:
         decision = Decision("tempfail", 451, "4.7.1", "Analysis queue is full, try again later", support_id,
                             "pending", jobs, extraction)

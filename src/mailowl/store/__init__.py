@@ -1,6 +1,6 @@
 """Persistence: jobs with their per-rule results; the verdict cache is the finished jobs by identity."""
 
 from mailowl.store.jobs import Job
-from mailowl.store.store import Store
+from mailowl.store.store import Store, StoreError
 
-__all__ = ["Job", "Store"]
+__all__ = ["Job", "Store", "StoreError"]

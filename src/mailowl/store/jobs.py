@@ -13,7 +13,7 @@ from mailowl.results import Result, RuleResult
 PENDING, DONE = "pending", "done"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
     id: int
     facts: dict[str, Any]
@@ -26,6 +26,8 @@ class Job:
     #: who asked: "rest" jobs get a verdict log line of their own, "mail" parts are in their message's line
     origin: str = "rest"
     _done: asyncio.Event | None = field(default=None, repr=False)
+    #: the group commit that carries this job's row; None once it is committed (or for unstored jobs)
+    _commit: asyncio.Future[None] | None = field(default=None, repr=False)
 
     @property
     def identity(self) -> str:
@@ -39,6 +41,7 @@ class Job:
         self.state, self.result, self.reason, self.rules, self.finished_at = DONE, result, reason, rules, when
         if self._done is not None:
             self._done.set()
+            self._done = None  # nobody can wait for a finished job: don't keep the event alive
 
     async def wait(self, timeout: float) -> None:
         if self.finished or timeout <= 0:

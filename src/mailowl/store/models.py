@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
 jobs = Table(
     "jobs",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    # ids come from the database and are never reused: SQLite needs INTEGER (a rowid alias) and AUTOINCREMENT,
+    # else it hands out a deleted maximum again
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("identity", String(64), nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("sha1", String(40)),
@@ -27,8 +29,11 @@ jobs = Table(
     Column("rule_results", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
+    #: the process that created the job ("host pid start-ticks"): only a dead run's pending jobs are abandoned
+    Column("run", String(128)),
     Index("ix_jobs_identity_finished", "identity", "finished_at"),
     Index("ix_jobs_created", "created_at"),
+    sqlite_autoincrement=True,
 )
 
 messages = Table(

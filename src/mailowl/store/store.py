@@ -1,7 +1,9 @@
 """The store: SQLAlchemy 2 async on SQLite (WAL), MariaDB or PostgreSQL.
 
-Writes are batched: a single writer task turns everything queued since its last round into one
-transaction, so 16 clients' jobs cost one commit, not 32. Report and verdict lookups are answered from
+Writes use group commit: a single writer task commits at once when it is idle, and everything queued
+while a commit is in flight goes into the next one, so 16 clients' jobs cost one commit, not 32. A new
+job's id comes from the database (autoincrement / sequence, via INSERT ... RETURNING) and exists only
+once the commit carrying the row is done: an acknowledged id is durable and never handed out again. Report and verdict lookups are answered from
 memory when possible and otherwise batched into one ``IN (...)`` query per round.
 """
 
@@ -10,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, event, func, select, update
+from sqlalchemy import and_, bindparam, delete, event, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -57,15 +62,26 @@ class _Lru(OrderedDict[Any, Any]):
 
 
 class Store:
-    def __init__(self, url: str, max_age: int = 0, memory_jobs: int = 100_000) -> None:
+    def __init__(self, url: str, max_age: int = 0, memory_jobs: int = 10_000, purge_min_age: int = 3600,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.url = url
         self.max_age = max_age
+        #: `db purge` never deletes jobs younger than this; memory answers only for jobs younger than half of it
+        self.purge_min_age = purge_min_age
+        self.clock = clock or _utcnow
         self.engine: AsyncEngine | None = None
         self._jobs: _Lru = _Lru(memory_jobs)
         self._journals: _Lru = _Lru(memory_jobs)
-        self._next_id = 1
-        self._inserts: dict[int, Job] = {}
+        #: who we are in the jobs' ``run`` column
+        self.run = _run_name()
+        #: jobs waiting for the next group commit, and the future that commit resolves
+        self._inserts: list[Job] = []
+        self._commit: asyncio.Future[None] | None = None
+        #: finished jobs whose row exists: their state is written by the next commit
         self._finished: dict[int, Job] = {}
+        #: jobs that finished while the commit carrying their row was in flight
+        self._late: list[Job] = []
+        self._writing = False
         self._messages: list[dict[str, Any]] = []
         self._recent_messages: _Lru = _Lru(10_000)
         self._lookups: dict[str, asyncio.Future[KnownReport]] = {}
@@ -75,7 +91,6 @@ class Store:
         self._reader: asyncio.Task[None] | None = None
         self._lookup_wake = asyncio.Event()
         self._closing = False
-        self.linger = 0.02
         #: identities with a usable verdict in the store; None means always ask the database
         self._seen: IdentityBloom | None = None
 
@@ -94,13 +109,10 @@ class Store:
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(upgrade)
-            async with engine.connect() as conn:
-                top = (await conn.execute(select(func.max(jobs.c.id)))).scalar()
         except Exception as exc:
             await engine.dispose()
             raise StoreError(f"store {url.render_as_string(hide_password=True)}: {exc}") from exc
         self.engine = engine
-        self._next_id = (top or 0) + 1
         await self._load_seen()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         self._reader = asyncio.create_task(self._lookup_loop(), name="store-reader")
@@ -127,12 +139,25 @@ class Store:
             await self.engine.dispose()
 
     # jobs -------------------------------------------------------------------------------------------------
-    def new_job(self, facts: dict[str, Any]) -> Job:
-        job = Job(id=self._next_id, facts=facts, created_at=datetime.now(UTC))
-        self._next_id += 1
-        self._jobs.put(job.id, job)
-        self._inserts[job.id] = job
+    def add_job(self, facts: dict[str, Any]) -> Job:
+        """A pending job without an id yet: its row goes into the next group commit, which gives it its id.
+        Await ``committed(job)`` before telling anyone about the job."""
+        if self._commit is None:
+            self._commit = asyncio.get_running_loop().create_future()
+        job = Job(id=0, facts=facts, created_at=self.clock(), _commit=self._commit)
+        self._inserts.append(job)
         self._wake.set()
+        return job
+
+    async def committed(self, job: Job) -> None:
+        """Wait until the job's row is committed and its id assigned; raises StoreError if it could not be."""
+        if job._commit is not None:
+            await asyncio.shield(job._commit)
+
+    async def new_job(self, facts: dict[str, Any]) -> Job:
+        """A pending job whose row is committed: its id is durable and never handed out again."""
+        job = self.add_job(facts)
+        await self.committed(job)
         return job
 
     def job_finished(self, job: Job) -> None:
@@ -142,18 +167,28 @@ class Store:
             journal = self._journals.get(job.identity)
             if journal is not None:
                 append_compact(journal, JournalEntry(job.finished_at, job.result, job.reason or ""))
-        self._finished[job.id] = job
+        if job.id > 0:
+            self._finished[job.id] = job
+        elif job.id == 0:
+            # its insert is queued (it then carries the finished state) or in flight (an update follows)
+            self._late.append(job)
         self._wake.set()
 
     async def get_job(self, job_id: int) -> Job | None:
-        job = self._jobs.get(job_id)
-        if job is not None:
-            return job
-        if self.engine is None or job_id <= 0 or job_id >= self._next_id:
+        """The job, or None if it never existed or was purged."""
+        if job_id <= 0:
             return None
+        job = self._jobs.get(job_id)
+        if job is not None and job.created_at >= self.clock() - timedelta(seconds=self.purge_min_age / 2):
+            return job  # too young for any `db purge`, which may run in another process
+        if self.engine is None:
+            return job
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().first()
-        return _job_from_row(row) if row is not None else None
+        if row is None:
+            self._jobs.pop(job_id, None)  # purged
+            return None
+        return job if job is not None else _job_from_row(row)
 
     def record_message(self, record: dict[str, Any]) -> None:
         """Queue a decided message (see mailowl.mail.policy) for writing."""
@@ -177,61 +212,90 @@ class Store:
         record["created_at"] = _aware(record["created_at"])
         return record
 
+    def _queued(self) -> bool:
+        return bool(self._inserts or self._finished or self._late or self._messages)
+
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        while self._inserts or self._finished or self._messages:
+        while self._queued() or self._writing:
             self._flushed.clear()
             self._wake.set()
             await self._flushed.wait()
 
     async def _write_loop(self) -> None:
+        """Group commit: commit at once when idle; whatever arrives meanwhile goes into the next commit."""
         assert self.engine is not None
         while True:
-            await self._wake.wait()
-            if not self._closing:
-                # let a round's jobs finish first: most rows are then written once, already finished
-                await asyncio.sleep(self.linger)
-            self._wake.clear()
-            inserts, finished, msgs = self._inserts, self._finished, self._messages
-            self._inserts, self._finished, self._messages = {}, {}, []
-            if inserts or finished or msgs:
-                try:
-                    await self._write(inserts, finished, msgs)
-                except Exception:
-                    log.exception("store write failed; retrying in 1 s")
-                    # put them back so nothing is lost; newer states win
-                    self._inserts = inserts | self._inserts
-                    self._finished = finished | self._finished
-                    self._messages = msgs + self._messages
+            if not self._queued():
+                self._flushed.set()
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            inserts, commit, msgs = self._inserts, self._commit, self._messages
+            self._inserts, self._commit, self._messages = [], None, []
+            carried = {id(job) for job in inserts}
+            updates = self._finished
+            # a late job whose insert was in the last commit has its id now; one in this commit needs no update
+            for job in self._late:
+                if job.id > 0:
+                    updates[job.id] = job
+            self._finished, self._late = {}, [job for job in self._late if job.id == 0 and id(job) not in carried]
+            self._writing = True
+            try:
+                await self._write(inserts, updates, msgs)
+            except Exception as exc:
+                log.exception("store write failed")
+                failure = StoreError(f"cannot store the job: {exc}")
+                for job in inserts:
+                    job.id, job._commit = -1, None  # never stored: never finished into the store either
+                if commit is not None and not commit.done():
+                    commit.set_exception(failure)
+                    commit.exception()  # a caller that went away must not leave "exception never retrieved"
+                # rows that exist keep their newer states; messages are written later
+                self._finished = updates | self._finished
+                self._messages = msgs + self._messages
+                if not self._closing:
                     await asyncio.sleep(1)
-                    self._wake.set()
-                    continue
+            else:
+                if commit is not None and not commit.done():
+                    commit.set_result(None)
+            finally:
+                self._writing = False
             self._flushed.set()
-            if self._closing and not self._inserts and not self._finished and not self._messages:
-                return
 
-    async def _write(self, inserts: dict[int, Job], finished: dict[int, Job], msgs: list[dict[str, Any]]) -> None:
+    async def _write(self, inserts: list[Job], updates: dict[int, Job], msgs: list[dict[str, Any]]) -> None:
         assert self.engine is not None
         message_rows = [_message_row(m) for m in msgs]
-        new_rows = [_row(job) for job in inserts.values()]
-        updates = [_row(job) for jid, job in finished.items() if jid not in inserts]
+        new_rows = [_row(job, self.run) for job in inserts]
+        update_rows = [_row(job, None) for job in updates.values()]
         async with self.engine.begin() as conn:
+            ids: list[int] = []
             if new_rows:
-                await conn.execute(jobs.insert(), new_rows)
+                result = await conn.execute(jobs.insert().returning(jobs.c.id, sort_by_parameter_order=True),
+                                            new_rows)
+                ids = list(result.scalars())
+                if len(ids) != len(inserts):
+                    raise StoreError(f"the database returned {len(ids)} ids for {len(inserts)} new jobs")
             if message_rows:
                 await conn.execute(messages.insert(), message_rows)
-            if updates:
+            if update_rows:
                 stmt = (update(jobs).where(jobs.c.id == bindparam("b_id"))
                         .values(state=bindparam("state"), result=bindparam("result"), reason=bindparam("reason"),
                                 rule_results=bindparam("rule_results"), finished_at=bindparam("finished_at"),
                                 type_by_content=bindparam("type_by_content"), sha1=bindparam("sha1"),
                                 md5=bindparam("md5"), file_extension=bindparam("file_extension"),
                                 type_by_name=bindparam("type_by_name")))
-                await conn.execute(stmt, [{**r, "b_id": r["id"]} for r in updates])
+                await conn.execute(stmt, [{**r, "b_id": job_id} for job_id, r in zip(updates, update_rows, strict=True)])
+        # committed: only now do the ids exist
+        for job, job_id in zip(inserts, ids, strict=True):
+            job.id, job._commit = job_id, None
+            self._jobs.put(job_id, job)
 
     # verdict cache --------------------------------------------------------------------------------------
     def _cutoff(self) -> datetime | None:
-        return datetime.now(UTC) - timedelta(seconds=self.max_age) if self.max_age else None
+        return self.clock() - timedelta(seconds=self.max_age) if self.max_age else None
 
     def _report(self, entries: list[JournalEntry]) -> KnownReport:
         cutoff = self._cutoff()
@@ -308,7 +372,10 @@ class Store:
     async def purge(self, older_than: int) -> int:
         """Delete finished jobs created more than ``older_than`` seconds ago; returns how many."""
         assert self.engine is not None
-        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        if older_than < self.purge_min_age:
+            raise StoreError(f"cannot purge jobs younger than {self.purge_min_age} s ([store] purge_min_age): "
+                             "a running server answers those from memory without asking the database")
+        cutoff = self.clock() - timedelta(seconds=older_than)
         async with self.engine.begin() as conn:
             result = await conn.execute(delete(jobs).where(jobs.c.created_at < cutoff, jobs.c.state == DONE))
             await conn.execute(delete(messages).where(messages.c.created_at < cutoff))
@@ -319,14 +386,50 @@ class Store:
         return int(result.rowcount or 0)
 
     async def abandon_pending(self) -> int:
-        """Jobs left pending by a crash can never finish: mark them failed so clients stop waiting."""
+        """Jobs left pending by a run that died can never finish: mark them failed so clients stop waiting.
+        Pending jobs of a process that is still running (another `mailowl serve` on this database) are left
+        alone; a run on another host counts as dead only once its pending job is a day old."""
         assert self.engine is not None
+        now = self.clock()
         async with self.engine.begin() as conn:
+            runs = [r for (r,) in await conn.execute(select(jobs.c.run).where(jobs.c.state == PENDING).distinct())]
+            here = [r for r in runs if r is not None and _on_this_host(r)]
+            dead = [r for r in here if r != self.run and not _alive(r)]
+            elsewhere = [r for r in runs if r is not None and r not in here]
+            condition = or_(jobs.c.run.is_(None), jobs.c.run.in_(dead),
+                            and_(jobs.c.run.in_(elsewhere), jobs.c.created_at < now - timedelta(days=1)))
             result = await conn.execute(
-                update(jobs).where(jobs.c.state == PENDING).values(
-                    state=DONE, result=Result.failed.name, finished_at=datetime.now(UTC),
-                    reason="Analysis was interrupted by a restart of mailowl"))
+                update(jobs).where(jobs.c.state == PENDING, condition).values(
+                    state=DONE, result=Result.failed.name, finished_at=now,
+                    reason="Analysis was interrupted: the mailowl process running it stopped"))
         return int(result.rowcount or 0)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _start_ticks(pid: int | str) -> str | None:
+    """When the process started, in clock ticks since boot: with the pid, names one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _run_name() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()} {pid} {_start_ticks(pid) or uuid.uuid4().hex}"[:128]
+
+
+def _on_this_host(run: str) -> bool:
+    return run.rsplit(" ", 2)[0] == socket.gethostname()
+
+
+def _alive(run: str) -> bool:
+    _host, pid, ticks = run.rsplit(" ", 2)
+    return pid.isdigit() and _start_ticks(pid) == ticks
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -337,7 +440,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _row(job: Job) -> dict[str, Any]:
+def _row(job: Job, run: str | None) -> dict[str, Any]:
     row = {k: job.facts.get(k) for k in _FACT_COLUMNS}
     for key, value in row.items():
         # declared names and types come from senders: never let one overflow a column and stall writes
@@ -345,10 +448,12 @@ def _row(job: Job) -> dict[str, Any]:
         if limit and isinstance(value, str) and len(value) > limit:
             row[key] = value[:limit]
     row.update(
-        id=job.id, state=job.state, result=job.result.name if job.result is not None else None,
+        state=job.state, result=job.result.name if job.result is not None else None,
         reason=job.reason, rule_results=orjson.dumps([r.as_dict() for r in job.rules]).decode() if job.rules else None,
         created_at=job.created_at, finished_at=job.finished_at,
     )
+    if run is not None:
+        row["run"] = run
     return row
 
 
