@@ -206,3 +206,24 @@ def test_discard_drops_bad_mail_silently(tmp_path: Path) -> None:
     finally:
         rx.stop()
         owl.stop()
+
+
+@pytest.mark.parametrize(("padding", "headers"), [(0, 0), (300_000, 0), (0, 20)])
+def test_a_folded_attachment_is_found_in_small_and_large_mail(owl: Server, rx: Postfix, padding: int,
+                                                               headers: int) -> None:
+    """The review's cases: the same part was refused in a 272-byte message and let through in a 292 KB one,
+    and a header block over 1 MiB (20 headers of 60 KB, each within Postfix's limit) hid it."""
+    filler = b"--B\r\nContent-Type: text/plain\r\n\r\n" + (b"x" * 76 + b"\r\n") * (padding // 78) if padding else b""
+    head = b"".join(b"X-Pad-%d: " % i + b"y" * 60_000 + b"\r\n" for i in range(headers))
+    data = (b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: folded\r\n" + head + b"MIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n' + filler
+            + b"--B\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment;\r\n"
+            b'\tfilename="evil.bat"\r\n\r\n' + BAT + b"\r\n--B--\r\n")
+    code, text = send(rx.port, data)
+    if code == 451:
+        wait_analysed(owl, text)
+        code, text = send(rx.port, data)
+    assert code == 554 and "5.7.1" in text, text
+    record = owl.request("GET", f"/v2/messages/{support_id(text)}")[1]
+    assert [p["filename"] for p in record["parts"]] == ["evil.bat"]
+    assert rx.delivered() == []
