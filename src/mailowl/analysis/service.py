@@ -19,6 +19,7 @@ from mailowl import metrics
 from mailowl.analysis.filetype import FileReport
 from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
+from mailowl.analysis.workers import Worker, WorkerDied, WorkerTimeout
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.results import Result
 from mailowl.rules.engine import Engine, Verdict
@@ -27,6 +28,7 @@ from mailowl.store import Job, Store
 log = logging.getLogger(__name__)
 
 _Work = tuple[Sample, KnownReport, float]
+_INTERRUPTED = "Analysis interrupted by shutdown of mailowl"
 
 
 class QueueFull(Exception):
@@ -35,8 +37,14 @@ class QueueFull(Exception):
 
 class AnalysisService:
     def __init__(self, engine: Engine, store: Store, queue_size: int = 10_000, workers: int = 2,
-                 verdict_log: VerdictLog | None = None) -> None:
+                 verdict_log: VerdictLog | None = None, timeout: float = 60.0,
+                 memory_limit: int = 256 * 2**20) -> None:
         self.engine = engine
+        #: seconds one sample's analysis may take before its worker process is killed
+        self.timeout = timeout
+        self.memory_limit = memory_limit
+        self._workers: list[Worker] = []
+        self._stopping = False
         self.verdict_log = verdict_log or VerdictLog()
         self.store = store
         self.queue_size = queue_size
@@ -54,17 +62,47 @@ class AnalysisService:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        # an archive budget configured above the memory bound is honoured: members are held in memory,
+        # and the largest one briefly twice
+        limit = max(self.memory_limit, 3 * self.engine.resources.archive_limits.max_total_size)
         for i in range(self.workers):
-            thread = threading.Thread(target=self._thread, name=f"analysis-{i}", daemon=True)
+            worker = Worker(self.engine.run, f"analysis-{i}", limit)
+            thread = threading.Thread(target=self._thread, args=(worker,), name=f"analysis-{i}", daemon=True)
             thread.start()
+            self._workers.append(worker)
             self._threads.append(thread)
 
     async def stop(self) -> None:
+        """Stop at once: running analyses are killed, and every job not finished yet is answered
+        failed, interrupted by the shutdown (a later start does not analyse it again)."""
+        self._stopping = True
         for _ in self._threads:
             self._work.put(None)
+        for worker in self._workers:
+            worker.signal()
         for thread in self._threads:
-            await asyncio.to_thread(thread.join, 30)
-        self._threads = []
+            await asyncio.to_thread(thread.join, 10)
+        await asyncio.sleep(0)  # let verdicts the threads handed over land first
+        for task in list(self._lookups):
+            task.cancel()
+        interrupted = Verdict(Result.failed, _INTERRUPTED, [])
+        while True:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._finished_in_thread(item[0], interrupted, 0.0)
+        now = datetime.now(UTC)
+        for key in list(self._in_flight):  # their cache lookup was still running: no facts beyond the light ones
+            self.pending -= 1
+            for job in self._in_flight.pop(key):
+                job.finish(interrupted.result, interrupted.reason, [], now)
+                self.store.job_finished(job)
+        metrics.QUEUE_DEPTH.set(self.pending)
+        self._keys.clear()
+        self._threads, self._workers = [], []
 
     async def submit(self, sample: Sample, force: bool = False, origin: str = "rest") -> Job:
         """Queue a sample and return its job once the job's row is committed, so its id survives a crash.
@@ -133,23 +171,56 @@ class AnalysisService:
             self._keys[id(sample)] = key
             self._work.put((sample, journal, started))
 
-    def _thread(self) -> None:
-        while True:
-            item = self._work.get()
-            if item is None:
-                return
-            sample, journal, started = item
-            try:
-                verdict = self._run(sample, journal)
-                sample.sha1, sample.md5  # noqa: B018 (hashes computed here, in the worker thread)
-            except Exception as exc:  # never lose a job: a broken analysis is failed, not bad
-                log.exception("analysis of %s crashed", sample.sha256)
-                verdict = Verdict(Result.failed, f"Analysis crashed: {type(exc).__name__}: {exc}", [])
+    def _thread(self, worker: Worker) -> None:
+        # the worker process is forked here, so it dies with this thread
+        try:
+            worker.start()
+        except OSError:
+            log.exception("could not start worker process %s; it is retried with the first sample", worker.name)
+        try:
+            while True:
+                item = self._work.get()
+                if item is None:
+                    return
+                sample, journal, started = item
+                if self._stopping:
+                    verdict = Verdict(Result.failed, _INTERRUPTED, [])
+                else:
+                    verdict = self._in_worker(worker, sample, journal)
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._finished_in_thread, sample, verdict, started)
+        finally:
+            worker.kill()
+
+    def _in_worker(self, worker: Worker, sample: Sample, journal: KnownReport) -> Verdict:
+        """The verdict of the worker process; never raises: a broken analysis is failed, never bad."""
+
+        def lookup(identity: str, timeout: float) -> KnownReport:
+            # archive members: ask the store on the event loop and wait here in the worker thread
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._finished_in_thread, sample, verdict, started)
+            return asyncio.run_coroutine_threadsafe(self.store.journal(identity), self._loop).result(timeout)
+
+        try:
+            outcome = worker.analyse(sample, journal, lookup, self.timeout)
+        except (WorkerTimeout, WorkerDied) as exc:
+            if self._stopping:
+                return Verdict(Result.failed, _INTERRUPTED, [])
+            log.warning("%s: %s (sample %s); a new worker process takes over", worker.name, exc, sample.sha256)
+            return Verdict(Result.failed, str(exc)[:1].upper() + str(exc)[1:], [])
+        except Exception as exc:
+            if self._stopping:
+                return Verdict(Result.failed, _INTERRUPTED, [])
+            log.warning("analysis of %s crashed: %s", sample.sha256, exc)
+            return Verdict(Result.failed, f"Analysis crashed: {exc}", [])
+        sample.__dict__["sha1"], sample.__dict__["md5"] = outcome.sha1, outcome.md5
+        sample.reports["filereport"] = FileReport(outcome.type_by_content, sample.type_by_name)
+        verdict: Verdict = outcome.verdict
+        return verdict
 
     def _finished_in_thread(self, sample: Sample, verdict: Verdict, started: float) -> None:
-        self._complete(self._keys.pop(id(sample)), sample, verdict, started)
+        key = self._keys.pop(id(sample), None)
+        if key is not None:  # None: stop() already answered it
+            self._complete(key, sample, verdict, started)
 
     def _run(self, sample: Sample, journal: KnownReport) -> Verdict:
         top = sample.identity
