@@ -26,8 +26,9 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from email import errors
 from email.message import EmailMessage, Message
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesParser
 from typing import IO, Any
 
 from mailowl.analysis.sample import basename
@@ -109,6 +110,7 @@ class _Leaf:
     multipart: bool
 
 
+_EOL_AT_END = re.compile(r"(\r\n|\r|\n)\Z")
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
 _FIELD_NAME = re.compile(rb"[\041-\071\073-\176]*")
 _SPOOL = 1 << 20
@@ -193,7 +195,7 @@ class _Walker:
             last = line
         if last is not None and len(block) > 1 and block[-1].startswith(b"From "):
             lines.unread(last)  # as email does: an envelope-looking last line starts the body
-        msg = BytesHeaderParser(policy=_POLICY).parsebytes(b"".join(block) + b"\n")
+        msg = _header_message(block)
         msg.set_default_type(default_type)
         return msg
 
@@ -298,7 +300,8 @@ class _Walker:
     def decode(self, msg: Message, spans: list[tuple[int, int]], findings: list[str]) -> bytes:
         cte = str(msg.get("content-transfer-encoding", "")).lower()
         budget = self.limits.max_total_size - self.out.size
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as spool:
+        small = sum(end - start for start, end in spans) <= _SPOOL
+        with io.BytesIO() if small else tempfile.SpooledTemporaryFile(max_size=_SPOOL) as spool:
             sink = _Budgeted(spool, budget, self.limits.max_total_size)
             work = decoder(cte, sink)
             for chunk in self._read(spans):
@@ -337,6 +340,38 @@ class _Walker:
                     self.add(member)
                 return
         self.add(Part(filename, ctype, disposition, content, findings))
+
+
+def _header_message(block: list[bytes]) -> Message:
+    """A message holding these header lines, as email's feed parser builds it (without its overhead)."""
+    msg: Message = _POLICY.message_factory(policy=_POLICY)  # type: ignore[misc]
+    name, value = "", []
+    last = len(block) - 1
+    for index, raw in enumerate(block):
+        line = raw.decode("ascii", "surrogateescape")
+        if line[0] in " \t":
+            if name:
+                value.append(line)
+            else:
+                _POLICY.handle_defect(msg, errors.FirstHeaderLineIsContinuationDefect(line))
+            continue
+        if name:
+            msg.set_raw(*_POLICY.header_source_parse(value))
+            name, value = "", []
+        if line.startswith("From "):
+            if index == 0:
+                msg.set_unixfrom(_EOL_AT_END.sub("", line))
+            elif index < last:
+                msg.defects.append(errors.MisplacedEnvelopeHeaderDefect(line))
+            continue  # the last line starts the body: the caller put it back
+        colon = line.find(":")
+        if colon == 0:
+            msg.defects.append(errors.InvalidHeaderDefect("Missing header name."))
+            continue
+        name, value = line[:colon], [line]
+    if name:
+        msg.set_raw(*_POLICY.header_source_parse(value))
+    return msg
 
 
 class _Budgeted:
