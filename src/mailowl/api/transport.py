@@ -21,6 +21,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_READ_TIMEOUT = 30.0
+_GRACE = 0.01
 
 
 class _CoalescingTransport:
@@ -119,6 +120,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         due = (self._last_read if self._headers_done else self._started) + self.read_timeout
         if now < due:
             self._deadline = self.loop.call_later(due - now, self._check_deadline)
+            return
+        # timers run before the loop polls sockets: after a stall of the loop itself, data the client sent
+        # in time may be waiting unread. A short grace (a timer, so a poll comes first) lets it be read.
+        self.loop.call_later(_GRACE, self._confirm_time_out, self._last_read)
+
+    def _confirm_time_out(self, last_read: float) -> None:
+        if not self._reading or self.transport.is_closing() or self._deadline is not None:
+            return
+        if self._last_read != last_read:
+            self._check_deadline()
             return
         self._time_out()
 

@@ -26,8 +26,8 @@ _SMALL_FIELD = 64 * 1024
 MAX_BOUNDARY = 256
 #: a form carries "file" and, in v2, "options": many more parts are an attack on memory, not a form
 MAX_PARTS = 16
-#: all header lines of one part together
-MAX_PART_HEADERS = 64 * 1024
+# python-multipart bounds each part's headers: at most 8 lines of at most 4224 bytes
+_CHUNK_OFFSET = re.compile(r"\s*(?:\(\d+\)|at (?:index )?\d+)$")
 
 
 class UploadError(Exception):
@@ -161,7 +161,7 @@ def _too_many_parts() -> UploadError:
 async def read_form(body: AsyncIterator[bytes], boundary: bytes, limit: int) -> list[Part]:
     """All parts of the form; each may hold up to ``limit`` bytes and all together ``limit`` + 64 KiB.
     Raises UploadError(413) past the limit without reading further, UploadError(400) for anything
-    that is not a well-formed form of at most MAX_PARTS parts with MAX_PART_HEADERS bytes of headers each."""
+    that is not a well-formed form of at most MAX_PARTS parts."""
     if len(boundary) > MAX_BOUNDARY:
         raise UploadError(400, f"Invalid MIME structure in request: the multipart boundary has {len(boundary)} "
                                f"characters, at most {MAX_BOUNDARY} are allowed")
@@ -170,26 +170,16 @@ async def read_form(body: AsyncIterator[bytes], boundary: bytes, limit: int) -> 
     header_field = bytearray()
     header_value = bytearray()
     total = [0]
-    header_bytes = [0]
 
     def on_part_begin() -> None:
         if len(parts) >= MAX_PARTS:
             raise _too_many_parts()
         current[:] = [Part()]
-        header_bytes[0] = 0
-
-    def count_header(size: int) -> None:
-        header_bytes[0] += size
-        if header_bytes[0] > MAX_PART_HEADERS:
-            raise UploadError(400, f"Invalid MIME structure in request: a part's headers exceed "
-                                   f"{MAX_PART_HEADERS} bytes")
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
-        count_header(end - start)
         header_field.extend(data[start:end])
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
-        count_header(end - start)
         header_value.extend(data[start:end])
 
     def on_header_end() -> None:
@@ -230,14 +220,19 @@ async def read_form(body: AsyncIterator[bytes], boundary: bytes, limit: int) -> 
             "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data, "on_part_end": on_part_end,
         })
+        fed = 0
         async for chunk in body:
             if chunk:
                 parser.write(chunk)
+                fed += len(chunk)
         parser.finalize()
-    except FormParserError:
+    except FormParserError as exc:
         _discard(parts + current)
-        # PeekabooAV's text for anything that is not a well-formed form
-        raise UploadError(400, "Invalid MIME structure in request") from None
+        # PeekabooAV's text for anything that is not a well-formed form, then what and where
+        detail = _CHUNK_OFFSET.sub("", str(exc))
+        offset = getattr(exc, "offset", -1)
+        where = f" near byte {fed + offset} of the body" if isinstance(offset, int) and offset >= 0 else ""
+        raise UploadError(400, f"Invalid MIME structure in request: {detail}{where}") from None
     except BaseException:
         _discard(parts + current)
         raise
