@@ -45,6 +45,17 @@ def form(boundary: str, disposition: str, content: bytes = BAT) -> bytes:
             f"Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
 
 
+def test_read_timeout_setting() -> None:
+    from mailowl.config import ConfigError, load_config
+
+    assert load_config(environ={}).server.read_timeout == 30
+    assert load_config(environ={"MAILOWL_SERVER_READ_TIMEOUT": "2m"}).server.read_timeout == 120
+    for bad, why in ((0, "greater than or equal to 1"), ("soon", "expected a duration"), (7200, "less than")):
+        with pytest.raises(ConfigError) as caught:
+            load_config(environ={}, overrides={"server": {"read_timeout": bad}})
+        assert "[server] read_timeout" in str(caught.value) and why in str(caught.value)
+
+
 # job ids -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("raw", ["1_0", "+1", "%D9%A3", "1" * 5000, "9223372036854775808", "007", "-1", "%201"])

@@ -16,6 +16,10 @@ _UPLOAD = {
                                 "description": "the sample; filename and Content-Type of the part are used"}},
     }}},
 }
+# the one job-id syntax of mailowl.api.ids: 1 to 19 ASCII digits, no leading zero, at most a BIGINT
+_JOB_ID = {"name": "job_id", "in": "path", "required": True,
+           "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+           "description": "digits 0-9 only, no sign, no leading zero; anything else is answered 400"}
 _DISPOSITION = {"name": "X-Content-Disposition", "in": "header", "required": False, "schema": {"type": "string"},
                 "description": "the sample's content disposition, e.g. inline or attachment"}
 _JOB = {
@@ -43,7 +47,9 @@ def _resp(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
-    errors = {"400": _resp("bad request", _MESSAGE), "401": _resp("missing or wrong bearer token", _MESSAGE),
+    errors = {"400": _resp("bad request: not a well-formed form, or the client went away", _MESSAGE),
+              "401": _resp("missing or wrong bearer token", _MESSAGE),
+              "408": _resp("headers or body not received within server.read_timeout", _MESSAGE),
               "413": _resp("sample larger than max_sample_size", _MESSAGE),
               "503": _resp("queue full; see Retry-After", _MESSAGE)}
     return {
@@ -63,10 +69,10 @@ def openapi_document() -> dict[str, Any]:
                                       "job_id": {"type": "integer"}}}), **errors}}},
             "/v1/report/{job_id}": {"get": {
                 "summary": "verdict of a job (PeekabooAV v1); 404 while pending",
-                "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "parameters": [_JOB_ID],
                 "responses": {"200": _resp("verdict", {"type": "object", "properties": {
                     "result": _RESULT, "reason": {"type": "string"}}}),
-                    "400": _resp("job id 0", _MESSAGE), "404": _resp("pending or unknown", _MESSAGE)}}},
+                    "400": _resp("job id 0 or not a job id", _MESSAGE), "404": _resp("pending or unknown", _MESSAGE)}}},
             "/v2/scan": {"post": {
                 "summary": "submit a sample; optional form field options = JSON {force: bool, wait: seconds}",
                 "parameters": [_DISPOSITION],
@@ -78,7 +84,7 @@ def openapi_document() -> dict[str, Any]:
             "/v2/jobs/{job_id}": {"get": {
                 "summary": "a job with its state, verdict, every rule's result and the sample's facts",
                 "parameters": [
-                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}},
+                    _JOB_ID,
                     {"name": "wait", "in": "query", "required": False,
                      "schema": {"type": "number", "minimum": 0, "maximum": 300},
                      "description": "long-poll: seconds to wait for the verdict"}],
