@@ -80,6 +80,14 @@ def test_job_ids_that_int_would_misread_are_not_other_jobs(server: Server) -> No
     assert server.request("GET", "/v1/report/0")[:2] == (400, {"message": "job ID missing from request"})
 
 
+def test_bad_support_ids_are_400(server: Server) -> None:
+    for raw in ("%00", "a" * 33, "mo-%0D%0Aevil", "%D9%A3", "a%20b"):
+        status, payload, _ = server.request("GET", f"/v2/messages/{raw}")
+        assert status == 400 and "Support id must be" in payload["message"], raw
+    assert server.request("GET", "/v2/messages/mo-0123456789ab")[0] == 404
+    assert_no_crash(server)
+
+
 def test_v1_report_zero_keeps_peekaboo_text(server: Server) -> None:
     assert server.request("GET", "/v1/report/0")[:2] == (400, {"message": "job ID missing from request"})
     assert server.request("GET", "/v1/report/")[:2] == (400, {"message": "job ID missing from request"})

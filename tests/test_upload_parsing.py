@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailowl.api.app import Api
-from mailowl.api.ids import BadJobId, parse_job_id
+from mailowl.api.ids import BadId, parse_job_id
 from mailowl.api.upload import (
     MAX_PARTS,
     UploadError,
@@ -35,7 +35,7 @@ def test_job_ids_accepted(raw: str) -> None:
     ("1" * 5000, "5000 digits is too large"),
 ])
 def test_job_ids_refused(raw: str, why: str) -> None:
-    with pytest.raises(BadJobId) as caught:
+    with pytest.raises(BadId) as caught:
         parse_job_id(raw)
     assert why in caught.value.message and len(caught.value.message) < 200
 

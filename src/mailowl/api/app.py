@@ -17,7 +17,7 @@ from starlette.routing import Route
 from mailowl import __version__
 from mailowl.analysis.sample import Sample
 from mailowl.analysis.service import AnalysisService, QueueFull
-from mailowl.api.ids import BadJobId, parse_job_id
+from mailowl.api.ids import BadId, parse_job_id, parse_support_id
 from mailowl.api.openapi import openapi_document
 from mailowl.api.upload import UploadError, boundary_of, read_form, receive_body
 from mailowl.store import Job, StoreError
@@ -161,7 +161,7 @@ class Api:
     async def report(self, raw: str) -> tuple[int, dict[str, Any]]:
         try:
             job_id = parse_job_id(raw)
-        except BadJobId as exc:
+        except BadId as exc:
             # PeekabooAV's text for 0; a clear one for the rest, which PeekabooAV answered with 404
             return 400, {"message": "job ID missing from request" if exc.zero else exc.message}
         job = await self.service.store.get_job(job_id)
@@ -186,7 +186,7 @@ class Api:
     async def job_v2(self, request: Request) -> Response:
         try:
             job_id = parse_job_id(request.path_params["job_id"])
-        except BadJobId as exc:
+        except BadId as exc:
             return error(400, exc.message)
         try:
             wait = float(request.query_params.get("wait", "0"))
@@ -201,7 +201,10 @@ class Api:
         return JSON(job.as_dict())
 
     async def message_v2(self, request: Request) -> Response:
-        support_id = request.path_params["support_id"]
+        try:
+            support_id = parse_support_id(request.path_params["support_id"])
+        except BadId as exc:
+            return error(400, exc.message)
         record = await self.service.store.get_message(support_id)
         if record is None:
             return error(404, f"No message with support id {support_id}")

@@ -14,8 +14,8 @@ _CANONICAL = re.compile(r"[1-9][0-9]{0,18}")
 _SHOWN = 40
 
 
-class BadJobId(ValueError):
-    """A job id that is not one; ``message`` says what is wrong, for the client."""
+class BadId(ValueError):
+    """An id in a URL that is not one; ``message`` says what is wrong, for the client."""
 
     def __init__(self, message: str, zero: bool = False) -> None:
         super().__init__(message)
@@ -30,19 +30,30 @@ def shown(raw: str) -> str:
 
 
 def parse_job_id(raw: str) -> int:
-    """The job id in ``raw``, or BadJobId saying why it is not one."""
+    """The job id in ``raw``, or BadId saying why it is not one."""
     if _CANONICAL.fullmatch(raw):
         value = int(raw)
         if value <= MAX_JOB_ID:
             return value
-        raise BadJobId(f"Job id {raw} is too large: ids go up to {MAX_JOB_ID}")
+        raise BadId(f"Job id {raw} is too large: ids go up to {MAX_JOB_ID}")
     if not raw:
-        raise BadJobId("Job id missing from request", zero=True)
+        raise BadId("Job id missing from request", zero=True)
     if raw.isascii() and raw.isdigit():
         if raw.strip("0") == "":
-            raise BadJobId("Job id must be 1 or more, got 0", zero=True)
+            raise BadId("Job id must be 1 or more, got 0", zero=True)
         if raw.startswith("0"):
-            raise BadJobId(f"Job id {shown(raw)} has a leading zero: write it without")
-        raise BadJobId(f"Job id of {len(raw)} digits is too large: ids go up to {MAX_JOB_ID}")
-    raise BadJobId(f"Job id must be a whole number written with the digits 0-9 only (no sign, space or "
+            raise BadId(f"Job id {shown(raw)} has a leading zero: write it without")
+        raise BadId(f"Job id of {len(raw)} digits is too large: ids go up to {MAX_JOB_ID}")
+    raise BadId(f"Job id must be a whole number written with the digits 0-9 only (no sign, space or "
                    f"underscore), got {shown(raw)}")
+
+
+_SUPPORT_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+def parse_support_id(raw: str) -> str:
+    """A message's support id as mailowl hands them out ("mo-" and 12 hex digits; the column holds 32
+    characters), or BadId: a NUL byte or a megabyte of text never reaches the database."""
+    if _SUPPORT_ID.fullmatch(raw):
+        return raw
+    raise BadId(f"Support id must be 1 to 32 of the characters A-Z a-z 0-9 . _ -, got {shown(raw)}")
