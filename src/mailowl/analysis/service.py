@@ -19,7 +19,7 @@ from mailowl import metrics
 from mailowl.analysis.filetype import FileReport
 from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
-from mailowl.analysis.workers import Worker, WorkerDied, WorkerTimeout
+from mailowl.analysis.workers import Worker, WorkerDied, WorkerTimeout, needs_isolation
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.results import Result
 from mailowl.rules.engine import Engine, Verdict
@@ -185,12 +185,24 @@ class AnalysisService:
                 sample, journal, started = item
                 if self._stopping:
                     verdict = Verdict(Result.failed, _INTERRUPTED, [])
-                else:
+                elif needs_isolation(sample.content):
                     verdict = self._in_worker(worker, sample, journal)
+                else:
+                    verdict = self._in_thread(sample, journal)
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._finished_in_thread, sample, verdict, started)
         finally:
             worker.kill()
+
+    def _in_thread(self, sample: Sample, journal: KnownReport) -> Verdict:
+        """The verdict of a small sample no parser that can hang looks at (``needs_isolation``)."""
+        try:
+            verdict = self._run(sample, journal)
+            sample.sha1, sample.md5  # noqa: B018 (hashes computed here, in the worker thread)
+        except Exception as exc:  # never lose a job: a broken analysis is failed, not bad
+            log.exception("analysis of %s crashed", sample.sha256)
+            verdict = Verdict(Result.failed, f"Analysis crashed: {type(exc).__name__}: {exc}", [])
+        return verdict
 
     def _in_worker(self, worker: Worker, sample: Sample, journal: KnownReport) -> Verdict:
         """The verdict of the worker process; never raises: a broken analysis is failed, never bad."""

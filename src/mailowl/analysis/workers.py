@@ -28,8 +28,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from mailowl.analysis import activity
+from mailowl.analysis.archive import detect_format
 from mailowl.analysis.filetype import FileReport
 from mailowl.analysis.known import KnownReport
+from mailowl.analysis.ole import could_hold_macros
 from mailowl.analysis.sample import Sample
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,19 @@ _TRIM_AFTER = 8 * 2**20
 # address space the child may grow beyond what it had at fork: the configured analysis memory plus
 # room for glibc's arena reservations and libraries loaded lazily (py7zr, rarfile)
 _ADDRESS_SLACK = 256 * 2**20
+
+
+# Small samples that no archive, Office or PE parser does real work on are analysed in the service's
+# thread: libmagic reads a bounded window, olevba's text fallback and the expressions scan at most this
+# many bytes, YARA has its own timeout. A process round trip would cost them more than the analysis.
+IN_THREAD_MAX = 256 * 1024
+_PARSER_MAGIC = (b"MZ", b"\xd0\xcf\x11\xe0", b"PK", b"{\\rt")
+
+
+def needs_isolation(content: bytes) -> bool:
+    """True if analysing ``content`` reaches a parser that could hang or allocate without bound."""
+    return (len(content) > IN_THREAD_MAX or content.startswith(_PARSER_MAGIC)
+            or detect_format(content) is not None or could_hold_macros(content))
 
 
 class WorkerTimeout(Exception):
