@@ -284,13 +284,15 @@ class VerdictLog:
                         if self._closing.is_set():
                             return
                         continue
-                while len(batch) < _BATCH:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                        taken += 1
-                    except queue.Empty:
-                        break
-                batch = [frame for frame in batch if frame]
+                    # a batch retried after a failure is not topped up: the queue alone then holds what waits,
+                    # and its bound decides what is dropped
+                    while len(batch) < _BATCH:
+                        try:
+                            batch.append(self._queue.get_nowait())
+                            taken += 1
+                        except queue.Empty:
+                            break
+                    batch = [frame for frame in batch if frame]
                 try:
                     if batch:
                         self._deliver(batch)
