@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,3 +166,34 @@ def test_whole_line_fast_path_agrees(prefix: str, pieces: list[str], end: str) -
     assert klms.parse(line) == _python_parse(line)
     assert klms.parse(prefix + "clean: message-id=\"<a@b>\": size=3" + end) == \
         _python_parse(prefix + "clean: message-id=\"<a@b>\": size=3" + end)
+
+
+def _write_calls(summary: str) -> int:
+    for line in summary.splitlines():
+        fields = line.split()
+        if fields and fields[-1] == "write":
+            return int(fields[3])
+    return 0
+
+
+def test_logs_parse_writes_in_blocks_even_unbuffered(tmp_path: Path) -> None:
+    """PYTHONUNBUFFERED=1 (most container images) must not turn every output line into a write call."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (scripts/bootstrap --test installs it)")
+    source, out, summary = tmp_path / "in.log", tmp_path / "out.ndjson", tmp_path / "strace.txt"
+    count = 20_000
+    with source.open("w") as handle:
+        for n in range(count):
+            handle.write(f"Nov {n % 28 + 1:2d} {n % 24:02d}:00:00 mx1 klms[12]: " + format_line(
+                "clean", [("message-id", f"<{n}@x>"), ("relay-ip", "10.0.0.1"), ("action", "Skipped"), ("size", n),
+                          ("mail-from", "a@x"), ("rcpt-to", ["b@y", "c@z"])], []) + "\n")
+    for schema in ("klms", "ecs"):
+        with out.open("wb") as stdout:
+            subprocess.run(["strace", "-f", "-c", "-e", "trace=write", "-o", str(summary), sys.executable, "-m",
+                            "mailowl.cli", "logs", "parse", "--schema", schema, str(source)],
+                           stdout=stdout, env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=True)
+        docs = [json.loads(line) for line in out.read_bytes().splitlines()]
+        assert len(docs) == count and not [d for d in docs if "tags" in d]
+        calls = _write_calls(summary.read_text())
+        # 1 MiB blocks; a little slack for anything else the interpreter writes
+        assert 0 < calls <= out.stat().st_size // 2**20 + 10, (schema, calls, out.stat().st_size)

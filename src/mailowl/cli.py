@@ -189,23 +189,34 @@ def cmd_mail_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_logs_parse(args: argparse.Namespace) -> int:
+    from typing import BinaryIO
+
     import orjson
 
     from mailowl.logs.klms import parse, to_ecs
 
     convert = to_ecs if args.schema == "ecs" else None
-    out = sys.stdout.buffer
-    for name in args.files or ["-"]:
-        try:
-            handle = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115 (closed below)
-        except OSError as exc:
-            print(f"mailowl: cannot read {name}: {exc.strerror}", file=sys.stderr)
-            return 2
-        with handle:
-            for raw in handle:
-                doc = parse(raw.decode("utf-8", "replace"))
-                out.write(orjson.dumps(convert(doc) if convert else doc) + b"\n")
-    out.flush()
+    newline = orjson.OPT_APPEND_NEWLINE
+    # 1 MiB blocks whatever PYTHONUNBUFFERED says: with it (as in most container images) sys.stdout.buffer
+    # is the raw file, and one write system call per line cost a quarter of the run time
+    sys.stdout.flush()
+    try:
+        out: BinaryIO = open(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)  # noqa: SIM115
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a file (tests, embedding)
+        out = sys.stdout.buffer
+    try:
+        for name in args.files or ["-"]:
+            try:
+                handle = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115 (closed below)
+            except OSError as exc:
+                print(f"mailowl: cannot read {name}: {exc.strerror}", file=sys.stderr)
+                return 2
+            with handle:
+                for raw in handle:
+                    doc = parse(raw.decode("utf-8", "replace"))
+                    out.write(orjson.dumps(convert(doc) if convert else doc, option=newline))
+    finally:
+        out.flush()
     return 0
 
 
