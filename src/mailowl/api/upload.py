@@ -10,6 +10,7 @@ import email.errors
 import email.header
 import email.message
 import email.utils
+import logging
 import re
 import tempfile
 import urllib.parse
@@ -19,6 +20,10 @@ from typing import Any
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
+
+# python-multipart logs a warning for every malformed form; the client gets that detail in its 400, and
+# the log must not be something any client can fill
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 _SPOOL = 1 << 20
 _SMALL_FIELD = 64 * 1024
