@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, event, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, create_engine, delete, event, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -93,6 +93,8 @@ class Store:
         self._closing = False
         #: identities with a usable verdict in the store; None means always ask the database
         self._seen: IdentityBloom | None = None
+        #: SQLite only: the writer's own synchronous engine, used from a worker thread
+        self._sync_engine: Engine | None = None
 
     # life cycle -----------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -106,6 +108,9 @@ class Store:
         engine = create_async_engine(self.url, **kwargs)
         if url.get_backend_name() == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            sync_engine = create_engine(url.set(drivername="sqlite"), connect_args=kwargs.get("connect_args", {}))
+            event.listen(sync_engine, "connect", _sqlite_pragmas)
+            self._sync_engine = sync_engine
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(upgrade)
@@ -137,6 +142,8 @@ class Store:
                     await task
         if self.engine is not None:
             await self.engine.dispose()
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
 
     # jobs -------------------------------------------------------------------------------------------------
     def add_job(self, facts: dict[str, Any]) -> Job:
@@ -269,29 +276,23 @@ class Store:
         assert self.engine is not None
         message_rows = [_message_row(m) for m in msgs]
         new_rows = [_row(job, self.run) for job in inserts]
-        update_rows = [_row(job, None) for job in updates.values()]
-        async with self.engine.begin() as conn:
-            ids: list[int] = []
-            if new_rows:
-                result = await conn.execute(jobs.insert().returning(jobs.c.id, sort_by_parameter_order=True),
-                                            new_rows)
-                ids = list(result.scalars())
-                if len(ids) != len(inserts):
-                    raise StoreError(f"the database returned {len(ids)} ids for {len(inserts)} new jobs")
-            if message_rows:
-                await conn.execute(messages.insert(), message_rows)
-            if update_rows:
-                stmt = (update(jobs).where(jobs.c.id == bindparam("b_id"))
-                        .values(state=bindparam("state"), result=bindparam("result"), reason=bindparam("reason"),
-                                rule_results=bindparam("rule_results"), finished_at=bindparam("finished_at"),
-                                type_by_content=bindparam("type_by_content"), sha1=bindparam("sha1"),
-                                md5=bindparam("md5"), file_extension=bindparam("file_extension"),
-                                type_by_name=bindparam("type_by_name")))
-                await conn.execute(stmt, [{**r, "b_id": job_id} for job_id, r in zip(updates, update_rows, strict=True)])
+        update_rows = [{**_row(job, None), "b_id": job_id} for job_id, job in updates.items()]
+        if self._sync_engine is not None:
+            # one thread hop for the whole transaction: aiosqlite would hop for every statement
+            ids = await asyncio.to_thread(self._write_sync, new_rows, message_rows, update_rows)
+        else:
+            async with self.engine.begin() as conn:
+                ids = await conn.run_sync(_write_rows, new_rows, message_rows, update_rows)
         # committed: only now do the ids exist
         for job, job_id in zip(inserts, ids, strict=True):
             job.id, job._commit = job_id, None
             self._jobs.put(job_id, job)
+
+    def _write_sync(self, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
+                    update_rows: list[dict[str, Any]]) -> list[int]:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return _write_rows(conn, new_rows, message_rows, update_rows)
 
     # verdict cache --------------------------------------------------------------------------------------
     def _cutoff(self) -> datetime | None:
@@ -403,6 +404,39 @@ class Store:
                     state=DONE, result=Result.failed.name, finished_at=now,
                     reason="Analysis was interrupted: the mailowl process running it stopped"))
         return int(result.rowcount or 0)
+
+
+_UPDATE = (update(jobs).where(jobs.c.id == bindparam("b_id"))
+           .values(state=bindparam("state"), result=bindparam("result"), reason=bindparam("reason"),
+                   rule_results=bindparam("rule_results"), finished_at=bindparam("finished_at"),
+                   type_by_content=bindparam("type_by_content"), sha1=bindparam("sha1"), md5=bindparam("md5"),
+                   file_extension=bindparam("file_extension"), type_by_name=bindparam("type_by_name")))
+
+
+def _write_rows(conn: Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
+                update_rows: list[dict[str, Any]]) -> list[int]:
+    """One group commit's statements; the new jobs' ids in the order of ``new_rows``."""
+    ids = _insert(conn, new_rows) if new_rows else []
+    if message_rows:
+        conn.execute(messages.insert(), message_rows)
+    if update_rows:
+        conn.execute(_UPDATE, update_rows)
+    return ids
+
+
+def _insert(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    if conn.dialect.name == "sqlite":
+        # SQLAlchemy would insert row by row to keep RETURNING in order; but SQLite inserts a multi-row
+        # VALUES in order and AUTOINCREMENT makes each id larger than the one before, so sorting suffices
+        returned = sorted(conn.execute(jobs.insert().returning(jobs.c.id, jobs.c.identity), rows).all())
+    else:
+        returned = list(conn.execute(
+            jobs.insert().returning(jobs.c.id, jobs.c.identity, sort_by_parameter_order=True), rows).all())
+    # a mismatch would hand one sample's id to another: refuse the whole commit instead
+    if [identity for _, identity in returned] != [row["identity"] for row in rows]:
+        raise StoreError(f"the database returned ids for {len(returned)} rows that do not match the "
+                         f"{len(rows)} new jobs")
+    return [int(job_id) for job_id, _ in returned]
 
 
 def _utcnow() -> datetime:
