@@ -59,7 +59,7 @@ def test_db_purge_and_upgrade(tmp_path: Path) -> None:
     finally:
         srv.stop()
     config = tmp_path / "mailowl.toml"
-    config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
+    config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n[store]\npurge_min_age = 0\n')
     assert mailowl("db", "upgrade", "--config", str(config)).returncode == 0
     kept = mailowl("db", "purge", "--older-than", "30d", "--config", str(config))
     assert kept.returncode == 0 and "deleted 0" in kept.stdout

@@ -23,7 +23,7 @@ from mailowl.analysis.workers import Worker, WorkerDied, WorkerTimeout, needs_is
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.results import Result
 from mailowl.rules.engine import Engine, Verdict
-from mailowl.store import Job, Store
+from mailowl.store import Job, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ class AnalysisService:
         job = self.store.add_job(sample.facts(light=True))
         job.origin = origin
         identity = sample.identity
-        # the analysis starts while the row is being committed; the job has no id before that
-        key = f"force:{id(job)}" if force else identity
+        key = f"force:{id(job)}" if force else identity  # no id before the commit
         waiting = self._in_flight.get(key)
         if waiting is not None:
             waiting.append(job)
@@ -129,8 +128,17 @@ class AnalysisService:
             task = asyncio.get_running_loop().create_task(self._look_up(key, sample))
             self._lookups.add(task)
             task.add_done_callback(self._lookups.discard)
+        elif journal.known and self.engine.decided_by_known:
+            self._start(key, sample, journal)  # answered inline: the row is written once, already finished
         else:
+            # nothing is analysed before its job is durable
+            try:
+                await self.store.committed(job)
+            except StoreError as exc:
+                self._complete(key, sample, Verdict(Result.failed, f"Job could not be stored: {exc}", []), 0.0)
+                raise
             self._start(key, sample, journal)
+            return job
         await self.store.committed(job)
         return job
 
