@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from .server import free_port
 
@@ -81,6 +83,30 @@ class Postfix:
             time.sleep(0.1)
         raise AssertionError(f"{self.name}: {len(self.delivered())} delivered, expected {count}\n{self.log.read_text()}")
 
+    def queue_entries(self) -> list[dict[str, Any]]:
+        """`postqueue -j`: one dict per queued message, with queue_name and each recipient's delay_reason."""
+        out = subprocess.run(["postqueue", "-c", str(self.etc), "-j"], capture_output=True, text=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def pause(self) -> None:
+        """Stops the daemons but keeps the queue and configuration, for resume()."""
+        subprocess.run(["postfix", "-c", str(self.etc), "stop"], check=True, capture_output=True)
+
+    def resume(self) -> None:
+        subprocess.run(["postfix", "-c", str(self.etc), "start"], check=True, capture_output=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"postfix {self.name} did not start again: {self.log.read_text()}")
+
+    def reload(self) -> None:
+        """Re-reads main.cf and lookup tables such as texthash maps."""
+        subprocess.run(["postfix", "-c", str(self.etc), "reload"], check=True, capture_output=True)
+
     def stop(self) -> None:
         subprocess.run(["postfix", "-c", str(self.etc), "stop"], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -98,3 +124,20 @@ def receiver(root: Path, milter_port: int | None = None, extra: list[str] | None
 def sender(root: Path, relay_port: int) -> Postfix:
     return Postfix(root, f"tx{free_port()}", [f"relayhost = [127.0.0.1]:{relay_port}", "default_transport = smtp",
                                                "relay_transport = smtp"], [])
+
+
+def access_map(entries: dict[str, str]) -> Path:
+    """A texthash access(5) map (key -> action) where Postfix's unprivileged daemons can read it.
+
+    Use it as f"texthash:{path}"; remove path.parent when done. Rewrite it and reload() to change it.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="mailowl-map-"))
+    os.chmod(folder, 0o755)
+    path = folder / "access"
+    write_access_map(path, entries)
+    return path
+
+
+def write_access_map(path: Path, entries: dict[str, str]) -> None:
+    path.write_text("".join(f"{key} {action}\n" for key, action in entries.items()))
+    os.chmod(path, 0o644)
