@@ -89,14 +89,15 @@ class Budget:
                            f"{self.packed}-byte sample, at member {name!r})")
 
     def read(self, stream: Readable, name: str) -> bytes:
-        chunks = []
+        # BytesIO hands over its buffer without copying, so a member costs its size once, not twice
+        out = io.BytesIO()
         while True:
             chunk = stream.read(_CHUNK)
             if not chunk:
                 break
             self.charge(len(chunk), name)
-            chunks.append(chunk)
-        return b"".join(chunks)
+            out.write(chunk)
+        return out.getvalue()
 
 
 @dataclass(slots=True)
@@ -181,12 +182,11 @@ class _Charged:
     def __init__(self, name: str, budget: Budget) -> None:
         self.name = name
         self.budget = budget
-        self.chunks: list[bytes] = []
+        self.out = io.BytesIO()
 
     def write(self, s: bytes | bytearray) -> int:
         self.budget.charge(len(s), self.name)
-        self.chunks.append(bytes(s))
-        return len(s)
+        return self.out.write(s)
 
     def read(self, size: int | None = None) -> bytes:
         return b""
@@ -198,7 +198,7 @@ class _Charged:
         pass
 
     def size(self) -> int:
-        return sum(len(c) for c in self.chunks)
+        return self.out.tell()
 
     def close(self) -> None:
         pass
@@ -231,7 +231,7 @@ def _7z(data: bytes, budget: Budget) -> Members:
                 budget.expect(info.uncompressed, info.filename)
         zf.extractall(factory=Factory())
     files = {i.filename for i in infos if not i.is_directory}
-    return [(o.name, b"".join(o.chunks)) for o in outputs if o.name in files]
+    return [(o.name, o.out.getvalue()) for o in outputs if o.name in files]
 
 
 def _rar(data: bytes, budget: Budget) -> Members:
