@@ -1,0 +1,25 @@
+"""Loaded by a `mailowl serve` under test started with this folder on PYTHONPATH: pereport hangs (a real
+sleep of an hour) on content starting with MZHANG, after writing its process id to $HANGPE_MARKER, so a
+test knows the analysis is stuck inside an analyser."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mailowl.analysis import ANALYZERS
+from mailowl.analysis import pe as _pe  # noqa: F401  (registers the real pereport first)
+
+_real = ANALYZERS["pereport"]
+
+
+def _hanging(sample: Any, env: object = None) -> Any:
+    if bytes(sample.content[:6]) == b"MZHANG":
+        Path(os.environ["HANGPE_MARKER"]).write_text(str(os.getpid()))
+        time.sleep(3600)
+    return _real(sample)
+
+
+ANALYZERS["pereport"] = _hanging
