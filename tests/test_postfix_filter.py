@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import smtplib
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -213,3 +214,21 @@ def test_mail_waits_in_the_queue_while_the_next_hop_is_down(tmp_path: Path) -> N
         c.hop.resume()
         wait_for(lambda: "hop down" in subjects(c.hop), c.front)
         assert subjects(c.hop).count("hop down") == 1
+
+
+def test_a_silent_next_hop_is_a_tempfail(tmp_path: Path) -> None:
+    filter_port = free_port()
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as silent:  # connections complete, nothing answers
+        front = filtered_receiver(tmp_path / "front", filter_port)
+        owl: Server | None = None
+        try:
+            owl = Server(tmp_path / "owl", f'[milter]\nlisten = ""\n[smtp]\nlisten = "127.0.0.1:{filter_port}"\n'
+                         f'next_hop = "127.0.0.1:{silent.getsockname()[1]}"\n')
+            submit(front, "alice@example.org", ["bob@example.net"],
+                   mail(PDF, "report.pdf", "application/pdf", "silent hop"))
+            wait_for(lambda: "bob@example.net" in deferred_reasons(front), front, timeout=200)
+            assert "451 4.4.1" in deferred_reasons(front)["bob@example.net"]
+        finally:
+            if owl is not None:
+                owl.stop()
+            front.stop()

@@ -10,8 +10,11 @@ hop that is down or silent is a tempfail: the sending MTA keeps the mail until i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import smtplib
+import socket
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -26,7 +29,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: seconds the next hop may take for one reply; its reply to the message itself may need its own filters' time
+#: seconds for connecting and the next hop's greeting and EHLO reply (Postfix's smtp_connect_timeout is 30 s)
+CONNECT_TIMEOUT = 30.0
+#: seconds the next hop may take for any later reply; its reply to the message may need its own filters' time.
+#: Both stay below the sending Postfix's timeouts (smtp_rcpt_timeout 300 s), so it hears a 451 rather than
+#: giving up on mailowl.
 NEXT_HOP_TIMEOUT = 120.0
 #: MAIL parameters worth passing on, each only if the next hop announces the matching extension
 _PASSED_ON = {"BODY": "8bitmime", "SIZE": "size"}
@@ -58,7 +65,17 @@ class NextHop:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailowl-next-hop")
 
     async def _run(self, call: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._guarded, call, *args)
+
+    def _guarded(self, call: Callable[..., T], *args: Any) -> T:
+        try:
+            return call(*args)
+        except smtplib.SMTPDataError:
+            raise  # a refused DATA command leaves the connection usable
+        except (OSError, smtplib.SMTPException):
+            # after a timeout or a broken reply the next line read could answer an earlier command
+            self._drop()
+            raise
 
     async def mail(self, sender: str, options: list[str]) -> tuple[int, bytes]:
         return await self._run(self._mail, sender, options)
@@ -75,6 +92,14 @@ class NextHop:
         self._pool.submit(self._quit)
         self._pool.shutdown(wait=False)
 
+    def abort(self) -> None:
+        """Makes a command waiting on the next hop fail at once (at shutdown: the sending MTA retries)."""
+        client = self._client
+        sock = client.sock if client is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
+
     def _connect(self) -> smtplib.SMTP:
         if self._client is not None:
             try:
@@ -85,12 +110,14 @@ class NextHop:
             except (OSError, smtplib.SMTPException):
                 self._drop()
         if self._client is None:
-            client = smtplib.SMTP(*self.address, timeout=NEXT_HOP_TIMEOUT)
+            client = smtplib.SMTP(*self.address, timeout=CONNECT_TIMEOUT)
             try:
                 client.ehlo_or_helo_if_needed()
             except (OSError, smtplib.SMTPException):
                 client.close()
                 raise
+            if client.sock is not None:
+                client.sock.settimeout(NEXT_HOP_TIMEOUT)
             self._client = client
         return self._client
 
@@ -216,15 +243,26 @@ class ContentFilter:
         self.listen = listen
         self.max_size = max_size
         self._server: asyncio.base_events.Server | None = None
+        self._connections: weakref.WeakSet[FrontConnection] = weakref.WeakSet()
+
+    def _connection(self) -> FrontConnection:
+        connection = FrontConnection(self.handler, self.next_hop, hostname="mailowl", data_size_limit=self.max_size,
+                                     ident="mailowl")
+        self._connections.add(connection)
+        return connection
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: FrontConnection(self.handler, self.next_hop, hostname="mailowl", data_size_limit=self.max_size,
-                                    ident="mailowl"),
-            *self.listen)
+        self._server = await loop.create_server(self._connection, *self.listen)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        # a thread waiting on a silent next hop would hold up the process's exit for minutes; every mail not
+        # yet answered stays with the sending MTA, which retries it
+        for connection in list(self._connections):
+            connection.next_hop.abort()
+            if connection.transport is not None:
+                connection.transport.close()
+        if self._server is not None:
             await self._server.wait_closed()
