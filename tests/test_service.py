@@ -225,3 +225,18 @@ def test_only_small_samples_no_risky_parser_reads_stay_in_the_thread() -> None:
     for risky in (b"MZ\x90\x00", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", b"PK\x03\x04", b"Rar!\x1a\x07\x01\x00",
                   b"\x1f\x8b\x08", b"<?xml version='1.0'?><w:wordDocument/>", b"x" * (IN_THREAD_MAX + 1)):
         assert needs_isolation(risky), risky[:20]
+
+
+def test_timeout_and_max_memory_settings() -> None:
+    from mailowl.config import ConfigError, load_config
+
+    default = load_config(environ={})
+    assert default.analysis.timeout == 60 and default.analysis.max_memory == 256 * 2**20
+    assert load_config(environ={"MAILOWL_ANALYSIS_TIMEOUT": "2m"}).analysis.timeout == 120
+    assert load_config(environ={"MAILOWL_ANALYSIS_TIMEOUT": "1.5"}).analysis.timeout == 1.5
+    assert load_config(environ={"MAILOWL_ANALYSIS_MAX_MEMORY": "1GiB"}).analysis.max_memory == 2**30
+    for bad in ("0", "soon", "-5"):
+        with pytest.raises(ConfigError, match=r"\[analysis\] timeout"):
+            load_config(environ={"MAILOWL_ANALYSIS_TIMEOUT": bad})
+    with pytest.raises(ConfigError, match=r"\[analysis\] max_memory"):
+        load_config(environ={"MAILOWL_ANALYSIS_MAX_MEMORY": "lots"})
