@@ -16,7 +16,6 @@ PIECE = 1 << 16
 _SCAN = 1 << 20
 _BOUNDARY_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n)?")
 _BLANKS = re.compile(rb"(--)?[ \t]*")
-_CANDIDATE = re.compile(rb"[\r\n](?=-)")
 #: "a blank line ends the entity", as inside message/delivery-status
 BLANK = b""
 
@@ -133,33 +132,60 @@ class Lines:
         Only for when no line is pushed back."""
         assert not self.pushed
         ends = self.ends + ([extra] if extra is not None else [])
-        blank = BLANK in ends
-        offset = self.pos
-        while True:
-            # a line that can end an entity starts with "-" (a boundary), or is blank (delivery-status)
-            candidate = offset if blank else self._next_dash_line(offset)
-            if candidate < 0 or candidate >= self.size:
-                self.pos = self.size
-                return self.size
-            self.pos = candidate
-            line = self._physical()
-            assert line is not None
-            if (blank and line.head[:1] in (b"\r", b"\n")) or any(
-                    e is not BLANK and self.is_boundary(line, e) for e in ends):
-                self.pos = line.start
-                return line.start
-            offset = line.end
+        separators = tuple(sorted({e for e in ends if e is not BLANK}))
+        if BLANK in ends:  # inside a delivery-status report (small): line by line
+            while (line := self._physical()) is not None:
+                if line.head[:1] in (b"\r", b"\n") or any(self.is_boundary(line, s) for s in separators):
+                    self.pos = line.start
+                    return line.start
+            return self.pos
+        if separators:
+            found = self._find_boundary(separators)
+            if found >= 0:
+                self.pos = found
+                return found
+        self.pos = self.size
+        return self.size
 
-    def _next_dash_line(self, start: int) -> int:
-        """The first line start at or after ``start`` (itself a line start) whose line begins with "-"."""
-        offset = start
+    def _find_boundary(self, separators: tuple[bytes, ...]) -> int:
+        """Where the first line at or after ``pos`` (a line start) that is a boundary starts, or -1.
+        Whole boundary lines are found by one regular expression per block, so a hostile body full of
+        near-boundaries costs no Python per line."""
+        finders = _finders.get(separators)
+        if finders is None:
+            if len(_finders) > 256:
+                _finders.clear()
+            # the separator first (a fast literal search), then: not preceded by anything but a line end
+            alternatives = b"(?:" + b"|".join(re.escape(s) + b"(?<![^\r\n]" + re.escape(s) + b")"
+                                              for s in separators) + b")(?:--)?[ \t]*"
+            finders = _finders[separators] = (re.compile(alternatives + b"(?:\r\n|\r|\n)"),
+                                              re.compile(alternatives + b"(?:\r\n|\r|\n)?\\Z"))
+        whole, unfinished = finders
+        # blocks overlap by more than a usual boundary line, so such a line is seen whole in one block
+        reach = max(len(s) for s in separators) + 2 + PIECE
+        offset, first = self.pos, True
         while offset < self.size:
-            # one byte more than the step, so a line end on the edge of a block is seen with what follows
-            block = self.read(offset, min(offset + _SCAN + 1, self.size))
-            if offset == start and block[:1] == b"-":
-                return start
-            match = _CANDIDATE.search(block)
-            if match:
-                return offset + match.end()
-            offset += _SCAN
+            block = self.read(offset, min(offset + _SCAN + reach, self.size))
+            at_end = offset + len(block) >= self.size
+            # line starts this block answers for: (0, own], and 0 itself when it is known to be a line start
+            own, begin = (len(block) if at_end else _SCAN), (0 if first else 1)
+            match = whole.search(block, begin)
+            if match is not None and match.start() <= own:
+                return offset + match.start()
+            match = unfinished.search(block, begin)
+            if match is not None and match.start() <= own:
+                if at_end:
+                    return offset + match.start()
+                # a boundary-looking line running past the block (a long run of blanks): check it whole
+                self.pos = offset + match.start()
+                line = self._physical()
+                assert line is not None
+                if any(self.is_boundary(line, s) for s in separators):
+                    return line.start
+                offset, first = line.end, True
+                continue
+            offset, first = offset + own, False
         return -1
+
+
+_finders: dict[tuple[bytes, ...], tuple[re.Pattern[bytes], re.Pattern[bytes]]] = {}
