@@ -9,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailowl.logs.klms import format_line, parse
+from mailowl.logs.klms import format_line, parse, to_ecs
 
 
 def test_reference_lines() -> None:
@@ -197,3 +198,24 @@ def test_logs_parse_writes_in_blocks_even_unbuffered(tmp_path: Path) -> None:
         calls = _write_calls(summary.read_text())
         # 1 MiB blocks; a little slack for anything else the interpreter writes
         assert 0 < calls <= out.stat().st_size // 2**20 + 10, (schema, calls, out.stat().st_size)
+
+
+def test_block_reader_gives_the_documents_of_line_by_line_parsing() -> None:
+    import io
+
+    from mailowl.logs.klms import line_blocks, to_ndjson
+
+    line = 'Nov 23 10:00:00 mx1 klms[12]: clean: message-id="<a@b>": size=5: rcpt-to="a@x.ru, b@y.ru"'
+    long = "clean: message-id=\"<" + "x" * 3000 + "@b>\": size=1"
+    text = (f"{line}\r\n{long}\n\nnot a verdict line\n".encode() + b"clean: mail-from=\"\xff\xfe\": size=2\n"
+            + "клмс: ü\n".encode() + line.encode())  # the last line has no LF
+    expected = [orjson.dumps(parse(raw.decode("utf-8", "replace"))) for raw in io.BytesIO(text)]
+    for size in (1, 7, 100, 1 << 20):  # blocks that cut lines, characters and CRLF in every place
+        assert [x for block in line_blocks(io.BytesIO(text), size) for x in block] == \
+            [raw.decode("utf-8", "replace").removesuffix("\n") for raw in io.BytesIO(text)]
+    out = io.BytesIO()
+    assert to_ndjson(io.BytesIO(text), out, ecs=False) == len(expected)
+    assert out.getvalue().splitlines() == expected
+    out = io.BytesIO()
+    to_ndjson(io.BytesIO(text), out, ecs=True)
+    assert [orjson.loads(x) for x in out.getvalue().splitlines()] == [to_ecs(orjson.loads(x)) for x in expected]
