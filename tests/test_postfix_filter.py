@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,7 @@ class Chain:
 
 
 @contextmanager
-def chain(tmp: Path, restriction: str, refusals: dict[str, str]) -> Iterator[Chain]:
+def chain(tmp: Path, restriction: str, refusals: dict[str, str], mail_config: str = "wait = 10\n") -> Iterator[Chain]:
     """`restriction` is a next-hop main.cf setting naming the access map as {map}."""
     filter_port = free_port()
     path = access_map(refusals)
@@ -125,7 +126,7 @@ def chain(tmp: Path, restriction: str, refusals: dict[str, str]) -> Iterator[Cha
         front = filtered_receiver(tmp / "front", filter_port)
         started.append(front)
         owl = Server(tmp / "owl", f'[milter]\nlisten = ""\n[smtp]\nlisten = "127.0.0.1:{filter_port}"\n'
-                     f'next_hop = "127.0.0.1:{hop.port}"\n[mail]\nwait = 10\n', ruleset=str(yara_ruleset(tmp)))
+                     f'next_hop = "127.0.0.1:{hop.port}"\n[mail]\n{mail_config}', ruleset=str(yara_ruleset(tmp)))
         started.append(owl)
         yield Chain(front, owl, hop, path)
     finally:
@@ -232,3 +233,22 @@ def test_a_silent_next_hop_is_a_tempfail(tmp_path: Path) -> None:
             if owl is not None:
                 owl.stop()
             front.stop()
+
+
+def two_pdfs(subject: str) -> bytes:
+    message = message_from_bytes(mail(PDF, "a.pdf", "application/pdf", subject), policy=policy.default)
+    message.add_attachment(PDF, maintype="application", subtype="pdf", filename="b.pdf")  # type: ignore[attr-defined]
+    return message.as_bytes()
+
+
+@pytest.mark.parametrize(("mail_config", "message", "reply", "outcome"), [
+    ("wait = 10\n", mail(EICAR, "eicar.com", subject="judged"), "554 5.7.1", "bounced"),
+    ("max_parts = 1\n", two_pdfs("judged"), "451 4.7.1", "deferred"),  # more parts than allowed: tempfail
+])
+def test_mailowls_own_decision_still_applies(tmp_path: Path, mail_config: str, message: bytes, reply: str,
+                                             outcome: str) -> None:
+    with chain(tmp_path, RECIPIENTS, {}, mail_config) as c:
+        submit(c.front, "alice@example.org", ["bob@example.net"], message)
+        wait_for(lambda: lines(c.front, "to=<bob@example.net>", f"status={outcome}"), c.front)
+        assert reply in lines(c.front, "to=<bob@example.net>", f"status={outcome}")[0]
+        assert "judged" not in subjects(c.hop)  # the next hop had the recipient, never the message

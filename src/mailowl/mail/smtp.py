@@ -231,7 +231,7 @@ class _Handler:
             log.warning("content filter: sending to next hop %s:%d failed: %s", *self.next_hop, exc)
             return f"{_UNAVAILABLE} (support-id: {decision.support_id})"
         if not 200 <= code < 300:
-            log.info("content filter: next hop refused %s: %d %s", decision.support_id, code, text)
+            log.info("content filter: next hop refused %s: %s", decision.support_id, reply_line(code, text))
         return f"{reply_line(code, text)} (support-id: {decision.support_id})"
 
 
