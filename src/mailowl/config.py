@@ -90,6 +90,8 @@ class StoreConfig(_Section):
     memory_jobs: int = Field(default=10_000, ge=100)
     #: `db purge` refuses to delete younger jobs; the server answers jobs younger than half of it from memory
     purge_min_age: Duration = 3600
+    #: SQLite in WAL mode: "normal" survives a killed process, "full" also a power cut (an fsync per commit)
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
 
     @field_validator("url")
     @classmethod

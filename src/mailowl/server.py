@@ -29,7 +29,7 @@ log = logging.getLogger("mailowl")
 def build_service(config: Config, engine: Engine | None = None) -> AnalysisService:
     engine = engine or load_engine(config.ruleset_path)
     store = Store(config.store_url, max_age=config.store.max_age, memory_jobs=config.store.memory_jobs,
-                  purge_min_age=config.store.purge_min_age)
+                  purge_min_age=config.store.purge_min_age, sqlite_synchronous=config.store.sqlite_synchronous)
     log = VerdictLog.from_config(config.log)
     return AnalysisService(engine, store, queue_size=config.queue.size, workers=config.queue.workers,
                            verdict_log=log, timeout=config.analysis.timeout,

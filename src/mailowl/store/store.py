@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -63,8 +64,12 @@ class _Lru(OrderedDict[Any, Any]):
 
 class Store:
     def __init__(self, url: str, max_age: int = 0, memory_jobs: int = 10_000, purge_min_age: int = 3600,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, sqlite_synchronous: str = "normal") -> None:
         self.url = url
+        #: SQLite's PRAGMA synchronous in WAL mode: "normal" survives a killed process, "full" also a power loss
+        self.sqlite_synchronous = sqlite_synchronous.upper()
+        if self.sqlite_synchronous not in ("NORMAL", "FULL"):
+            raise StoreError(f"sqlite_synchronous: expected normal or full, got {sqlite_synchronous!r}")
         self.max_age = max_age
         #: `db purge` never deletes jobs younger than this; memory answers only for jobs younger than half of it
         self.purge_min_age = purge_min_age
@@ -107,9 +112,10 @@ class Store:
             kwargs.update(pool_size=8, max_overflow=8, pool_pre_ping=True, pool_recycle=3600)
         engine = create_async_engine(self.url, **kwargs)
         if url.get_backend_name() == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            pragmas = functools.partial(_sqlite_pragmas, synchronous=self.sqlite_synchronous)
+            event.listen(engine.sync_engine, "connect", pragmas)
             sync_engine = create_engine(url.set(drivername="sqlite"), connect_args=kwargs.get("connect_args", {}))
-            event.listen(sync_engine, "connect", _sqlite_pragmas)
+            event.listen(sync_engine, "connect", pragmas)
             self._sync_engine = sync_engine
         try:
             async with engine.begin() as conn:
@@ -277,8 +283,12 @@ class Store:
         message_rows = [_message_row(m) for m in msgs]
         new_rows = [_row(job, self.run) for job in inserts]
         update_rows = [{**_row(job, None), "b_id": job_id} for job_id, job in updates.items()]
-        if self._sync_engine is not None:
-            # one thread hop for the whole transaction: aiosqlite would hop for every statement
+        if self._sync_engine is not None and self.sqlite_synchronous == "NORMAL":
+            # a WAL commit without fsync takes well under a millisecond: done right here, it beats any thread
+            # hand-off, which waits for the GIL behind the analysis threads
+            ids = self._write_sync(new_rows, message_rows, update_rows)
+        elif self._sync_engine is not None:
+            # fsync takes milliseconds: one thread hop for the whole transaction (aiosqlite hops per statement)
             ids = await asyncio.to_thread(self._write_sync, new_rows, message_rows, update_rows)
         else:
             async with self.engine.begin() as conn:
@@ -416,22 +426,63 @@ _UPDATE = (update(jobs).where(jobs.c.id == bindparam("b_id"))
 def _write_rows(conn: Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
                 update_rows: list[dict[str, Any]]) -> list[int]:
     """One group commit's statements; the new jobs' ids in the order of ``new_rows``."""
-    ids = _insert(conn, new_rows) if new_rows else []
+    sqlite = conn.dialect.name == "sqlite"
+    ids = (_insert_sqlite(conn, new_rows) if sqlite else _insert(conn, new_rows)) if new_rows else []
     if message_rows:
         conn.execute(messages.insert(), message_rows)
-    if update_rows:
+    if update_rows and sqlite:
+        conn.exec_driver_sql(_SQLITE_UPDATE, [_values(conn, row, _UPDATE_COLUMNS) for row in update_rows])
+    elif update_rows:
         conn.execute(_UPDATE, update_rows)
     return ids
 
 
+# SQLite is the default store and its writer holds the GIL: plain driver statements cost a fraction of
+# SQLAlchemy's per-row work, which matters when every job is written twice (pending, then finished)
+_INSERT_COLUMNS = [c.name for c in jobs.columns if c.name != "id"]
+_UPDATE_COLUMNS = ["state", "result", "reason", "rule_results", "finished_at", "type_by_content", "sha1", "md5",
+                   "file_extension", "type_by_name", "b_id"]
+_SQLITE_UPDATE = (f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _UPDATE_COLUMNS[:-1])} WHERE id = ?")
+_SQLITE_ROWS_PER_INSERT = 32766 // len(_INSERT_COLUMNS)
+
+
+def _values(conn: Connection, row: dict[str, Any], columns: list[str]) -> tuple[Any, ...]:
+    processors = _processors(conn)
+    return tuple(processors[c](row[c]) if c in processors and row[c] is not None else row[c] for c in columns)
+
+
+_PROCESSORS: dict[str, Callable[[Any], Any]] = {}
+
+
+def _processors(conn: Connection) -> dict[str, Callable[[Any], Any]]:
+    if not _PROCESSORS:
+        for column in jobs.columns:
+            processor = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+            if processor is not None:
+                _PROCESSORS[column.name] = processor
+    return _PROCESSORS
+
+
+def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    ids: list[int] = []
+    for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
+        chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
+        marks = "(" + ", ".join("?" * len(_INSERT_COLUMNS)) + ")"
+        sql = (f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) VALUES {', '.join([marks] * len(chunk))} "
+               "RETURNING id, identity")
+        params = tuple(value for row in chunk for value in _values(conn, row, _INSERT_COLUMNS))
+        # SQLite inserts a multi-row VALUES in order and AUTOINCREMENT makes each id larger than the one
+        # before, so sorting puts the ids in row order, whatever order RETURNING uses
+        ids += _check(sorted(conn.exec_driver_sql(sql, params).all()), chunk)
+    return ids
+
+
 def _insert(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-    if conn.dialect.name == "sqlite":
-        # SQLAlchemy would insert row by row to keep RETURNING in order; but SQLite inserts a multi-row
-        # VALUES in order and AUTOINCREMENT makes each id larger than the one before, so sorting suffices
-        returned = sorted(conn.execute(jobs.insert().returning(jobs.c.id, jobs.c.identity), rows).all())
-    else:
-        returned = list(conn.execute(
-            jobs.insert().returning(jobs.c.id, jobs.c.identity, sort_by_parameter_order=True), rows).all())
+    return _check(list(conn.execute(
+        jobs.insert().returning(jobs.c.id, jobs.c.identity, sort_by_parameter_order=True), rows).all()), rows)
+
+
+def _check(returned: list[Any], rows: list[dict[str, Any]]) -> list[int]:
     # a mismatch would hand one sample's id to another: refuse the whole commit instead
     if [identity for _, identity in returned] != [row["identity"] for row in rows]:
         raise StoreError(f"the database returned ids for {len(returned)} rows that do not match the "
@@ -466,10 +517,10 @@ def _alive(run: str) -> bool:
     return pid.isdigit() and _start_ticks(pid) == ticks
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, synchronous: str = "NORMAL") -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
