@@ -169,6 +169,13 @@ def test_bad_targets_are_config_errors() -> None:
         load_config(environ={"MAILOWL_LOG_TARGET": "syslog:carrier-pigeon"})
     with pytest.raises(ConfigError, match=r"\[log\] format"):
         load_config(environ={"MAILOWL_LOG_FORMAT": "xml"})
+    with pytest.raises(ConfigError, match=r"\[log\] queue_size: .*greater than or equal to 1"):
+        load_config(environ={"MAILOWL_LOG_QUEUE_SIZE": "0"})
+    with pytest.raises(ConfigError, match=r"\[log\] send_timeout"):
+        load_config(environ={"MAILOWL_LOG_SEND_TIMEOUT": "0"})
+    log = load_config(environ={"MAILOWL_LOG_QUEUE_SIZE": "7", "MAILOWL_LOG_SEND_TIMEOUT": "1.5"}).log
+    verdicts = VerdictLog.from_config(log)
+    assert (verdicts.queue_size, verdicts.send_timeout, verdicts.enabled) == (7, 1.5, False)
 
 
 async def test_stdout_target(make_service: object, capsys: pytest.CaptureFixture[str]) -> None:
