@@ -25,6 +25,7 @@ from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
 from mailowl.analysis.workers import Worker
 from mailowl.results import Result
+from mailowl.rules.engine import Verdict
 from mailowl.rules.loader import load_engine
 
 MiB = 2**20
@@ -133,7 +134,7 @@ def worker() -> Iterator[Worker]:
     engine = load_engine()
     # the service's limit: max_memory, or three times the archive budget if that is larger
     limit = max(BOUND, 3 * engine.resources.archive_limits.max_total_size)
-    w = Worker(engine.run, "memory-test", limit)
+    w = Worker(lambda sample, lookup: engine.run(sample, lookup).to_wire(), "memory-test", limit)
     w.start()
     yield w
     w.kill()
@@ -141,7 +142,8 @@ def worker() -> Iterator[Worker]:
 
 def analyse(worker: Worker, data: bytes, name: str) -> tuple[Result, str]:
     outcome = worker.analyse(Sample(data, name), KnownReport(), lambda identity, timeout: KnownReport(), 300)
-    return outcome.verdict.result, outcome.verdict.reason
+    verdict = Verdict.from_wire(outcome.verdict)
+    return verdict.result, verdict.reason
 
 
 def test_peak_memory_of_hostile_archives_stays_below_the_bound(worker: Worker,

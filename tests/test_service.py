@@ -81,7 +81,7 @@ def hanging_pe(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 async def pe_service(tmp_path: Path, hanging_pe: None) -> AsyncIterator[AnalysisService]:
-    service = await make_service(tmp_path, engine(["pe", "final_rule"]), workers=1, timeout=1.5,
+    service = await make_service(tmp_path, engine(["pe", "final_rule"]), workers=1, timeout=5,
                                  memory_limit=128 * 2**20)
     try:
         yield service

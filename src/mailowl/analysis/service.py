@@ -22,7 +22,8 @@ from mailowl.analysis.sample import Sample
 from mailowl.analysis.workers import Worker, WorkerDied, WorkerTimeout, needs_isolation
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.results import Result
-from mailowl.rules.engine import Engine, Verdict
+from mailowl.rules.context import JournalLookup
+from mailowl.rules.engine import Engine, Verdict, Wire
 from mailowl.store import Job, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,13 @@ class AnalysisService:
         # an archive budget configured above the memory bound is honoured: members are held in memory,
         # and the largest one briefly twice
         limit = max(self.memory_limit, 3 * self.engine.resources.archive_limits.max_total_size)
+        engine = self.engine
+
+        def run(sample: Sample, lookup: JournalLookup) -> Wire:  # runs in the worker process
+            return engine.run(sample, lookup).to_wire()
+
         for i in range(self.workers):
-            worker = Worker(self.engine.run, f"analysis-{i}", limit)
+            worker = Worker(run, f"analysis-{i}", limit)
             thread = threading.Thread(target=self._thread, args=(worker,), name=f"analysis-{i}", daemon=True)
             thread.start()
             self._workers.append(worker)
@@ -234,8 +240,7 @@ class AnalysisService:
             return Verdict(Result.failed, f"Analysis crashed: {exc}", [])
         sample.__dict__["sha1"], sample.__dict__["md5"] = outcome.sha1, outcome.md5
         sample.reports["filereport"] = FileReport(outcome.type_by_content, sample.type_by_name)
-        verdict: Verdict = outcome.verdict
-        return verdict
+        return Verdict.from_wire(outcome.verdict)
 
     def _finished_in_thread(self, sample: Sample, verdict: Verdict, started: float) -> None:
         key = self._keys.pop(id(sample), None)

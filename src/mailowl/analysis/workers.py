@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 Run = Callable[[Sample, Callable[[str], KnownReport]], Any]
 
 _SLOT_SIZE = 256
+_INLINE_MAX = 1 << 20
 _PR_SET_PDEATHSIG = 1
 # freed memory above this is handed back to the system after an analysis, so a worker that unpacked
 # a large archive does not keep its peak for ever
@@ -138,9 +139,13 @@ class Worker:
         deadline = time.monotonic() + timeout
         self._set_slot("start of the analysis")
         try:
+            # small content travels in the same message (one write); large content separately, so it
+            # is never copied into a pickle in this process
+            inline = sample.content if len(sample.content) <= _INLINE_MAX else None
             conn.send((sample.filename, sample.type_declared, sample.content_disposition, sample.sha256,
-                       sample.identity, journal))
-            conn.send_bytes(sample.content)
+                       sample.identity, journal, inline))
+            if inline is None:
+                conn.send_bytes(sample.content)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not conn.poll(remaining):
@@ -248,8 +253,9 @@ def _child(conn: Connection, run: Run, slot: mmap.mmap, memory_limit: int, paren
     _limit_memory(memory_limit)
     while True:
         try:
-            filename, type_declared, disposition, sha256, identity, journal = conn.recv()
-            content = conn.recv_bytes()
+            filename, type_declared, disposition, sha256, identity, journal, content = conn.recv()
+            if content is None:
+                content = conn.recv_bytes()
         except (EOFError, OSError):
             return
         sample = Sample(content, filename=filename, type_declared=type_declared, content_disposition=disposition)

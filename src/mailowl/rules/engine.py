@@ -25,11 +25,25 @@ class Resources:
     archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)
 
 
+Wire = tuple[int, str, list[tuple[str, int, str, bool]]]
+
+
 @dataclass
 class Verdict:
     result: Result
     reason: str
     rules: list[RuleResult]
+
+    def to_wire(self) -> Wire:
+        """Plain tuples for the pipe from a worker process: unpickling dataclasses and enums costs the
+        parent several times more."""
+        return (int(self.result), self.reason,
+                [(r.rule, int(r.result), r.reason, r.further_analysis) for r in self.rules])
+
+    @classmethod
+    def from_wire(cls, wire: Wire) -> Verdict:
+        result, reason, rules = wire
+        return cls(Result(result), reason, [RuleResult(n, Result(r), why, go) for n, r, why, go in rules])
 
 
 def _no_journal(identity: str) -> KnownReport:
