@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import update
 
@@ -11,6 +15,8 @@ from mailowl.analysis.sample import Sample
 from mailowl.results import Result, RuleResult
 from mailowl.store import Job, Store
 from mailowl.store.models import jobs
+
+from .server import Server
 
 
 def finish(store: Store, job: Job, result: Result, reason: str = "because") -> None:
@@ -99,3 +105,34 @@ async def test_verdict_lookups_are_batched_and_cached(sqlite_store: Store) -> No
 
     reports = await asyncio.gather(*(store.journal(job.identity) for _ in range(20)))
     assert all(r.known for r in reports)
+
+
+def test_purge_by_another_process_is_not_served_from_memory(tmp_path: Path) -> None:
+    """`mailowl db purge` runs beside `mailowl serve`: what it deleted must answer 404, not the memory copy."""
+    config = f'[server]\ndata_dir = "{tmp_path / "data"}"\n[store]\npurge_min_age = "1s"\n'
+    srv = Server(tmp_path, config)
+    try:
+        old = [srv.scan(f"@echo old {i}\r\n".encode(), f"old{i}.bat")[1]["job_id"] for i in range(3)]
+        created = [datetime.fromisoformat(srv.verdict(j)["created_at"]) for j in old]
+        assert all(srv.request("GET", f"/v1/report/{j}")[0] == 200 for j in old)  # served from memory
+        # the jobs must be older than --older-than by this machine's clock; waiting only makes them older
+        while datetime.now(UTC) < max(created) + timedelta(seconds=1.5):
+            time.sleep(0.1)
+        purge = subprocess.run([sys.executable, "-m", "mailowl.cli", "db", "purge", "--older-than", "1s",
+                                "--config", str(tmp_path / "mailowl.toml")], capture_output=True, text=True,
+                               timeout=120)
+        assert purge.returncode == 0 and "deleted 3 " in purge.stdout, purge.stdout + purge.stderr
+        for job_id in old:
+            assert srv.request("GET", f"/v1/report/{job_id}")[:2] == (
+                404, {"message": f"No analysis result yet for job {job_id}"})
+            assert srv.request("GET", f"/v2/jobs/{job_id}")[0] == 404
+        status, payload, _ = srv.scan(b"@echo new\r\n", "new.bat")
+        assert payload["job_id"] > max(old)  # purging the newest rows made no id reusable
+        assert srv.verdict(payload["job_id"])["result"] == "bad"
+        assert srv.request("GET", f"/v1/report/{payload['job_id']}")[0] == 200
+    finally:
+        srv.stop()
+
+    refused = subprocess.run([sys.executable, "-m", "mailowl.cli", "db", "purge", "--older-than", "0s", "--config",
+                              str(tmp_path / "mailowl.toml")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "purge_min_age" in refused.stderr
