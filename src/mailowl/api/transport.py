@@ -61,12 +61,14 @@ def json_error(status: int, reason: str, message: str) -> bytes:
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     read_timeout: float = DEFAULT_READ_TIMEOUT
 
+    # The hooks below run for every request: they call the base class directly (cheaper than super())
+    # and arm no timer unless a request stays incomplete after a read.
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-        super().connection_made(_CoalescingTransport(transport))  # type: ignore[arg-type]
+        HttpToolsProtocol.connection_made(self, _CoalescingTransport(transport))  # type: ignore[arg-type]
         now = self.loop.time()
         # a fresh connection is "reading headers" until its first request is complete
         self._reading = True
-        self._headers_done = False
         self._partial = False
         self._started = now
         self._last_read = now
@@ -74,32 +76,33 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
-        super().connection_lost(exc)
+        HttpToolsProtocol.connection_lost(self, exc)
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()
-        super().data_received(data)
-        # armed only when a request stays incomplete after this read: whole requests cost no timer
+        HttpToolsProtocol.data_received(self, data)
         if self._reading and self._deadline is None and self.parser is not None:
             self._deadline = self.loop.call_later(self.read_timeout, self._check_deadline)
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         if not self._reading:
             self._reading = True
-            self._started = self.loop.time()
-        self._headers_done = False
+            self._started = self._last_read  # the read that brought this first byte
         self._partial = True
-
-    def on_headers_complete(self) -> None:
-        self._headers_done = True
-        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._reading = False
         self._partial = False
-        self._cancel_deadline()
-        super().on_message_complete()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        HttpToolsProtocol.on_message_complete(self)
+
+    @property
+    def _headers_done(self) -> bool:
+        # uvicorn makes the request's cycle, around the scope on_message_begin made, once the headers are in
+        return self.cycle is not None and self.cycle.scope is self.scope
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
