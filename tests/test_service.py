@@ -9,6 +9,7 @@ import io
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
@@ -63,10 +64,13 @@ def hanging_pe(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """pereport hangs in a real sleep for content starting with MZHANG, and eats memory for MZHOG;
     worker processes forked afterwards inherit it."""
     real = ANALYZERS["pereport"]
+    release = threading.Event()
 
     def pereport(sample: Sample, env: object = None) -> PeReport:
         if sample.content.startswith(b"MZHANG"):
             time.sleep(3600)
+        if sample.content.startswith(b"TEXTHANG"):  # small text: analysed in the service's thread
+            release.wait(3600)
         if sample.content.startswith(b"MZHOG"):
             hog = [bytearray(64 * 2**20) for _ in range(64)]  # 4 GiB, far past the memory limit
             del hog
@@ -77,6 +81,7 @@ def hanging_pe(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setitem(ANALYZERS, "pereport", pereport)
     yield
+    release.set()
 
 
 @pytest.fixture
@@ -240,3 +245,13 @@ def test_timeout_and_max_memory_settings() -> None:
             load_config(environ={"MAILOWL_ANALYSIS_TIMEOUT": bad})
     with pytest.raises(ConfigError, match=r"\[analysis\] max_memory"):
         load_config(environ={"MAILOWL_ANALYSIS_MAX_MEMORY": "lots"})
+
+
+async def test_hang_in_the_thread_path_is_answered_and_the_thread_replaced(pe_service: AnalysisService) -> None:
+    before = list(pe_service._threads)
+    hung = await pe_service.analyse(Sample(b"TEXTHANG small text", "hang.txt"), 30)
+    assert hung.result is Result.failed
+    assert hung.reason == "Analysis timed out in pereport (rule pe)", hung.reason
+    assert pe_service._threads != before  # the only thread was replaced, the next sample goes to the new one
+    after = await pe_service.analyse(Sample(b"some other text", "next.txt"), 30)
+    assert after.result is Result.unknown

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mailowl import metrics
+from mailowl.analysis import activity
 from mailowl.analysis.filetype import FileReport
 from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
@@ -46,6 +47,15 @@ class AnalysisService:
         self.memory_limit = memory_limit
         self._workers: list[Worker] = []
         self._stopping = False
+        #: analysis thread -> (sample, started, deadline) of the in-thread analysis it is running
+        self._busy: dict[threading.Thread, tuple[Sample, float, float]] = {}
+        #: thread id -> what its in-thread analysis is doing, to name it when the deadline passes
+        self._doing: dict[int, str] = {}
+        #: threads whose analysis outlived the deadline: answered and replaced, left to finish alone
+        self._abandoned: set[threading.Thread] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._run_wire: Any = None
+        self._limit = 0
         self.verdict_log = verdict_log or VerdictLog()
         self.store = store
         self.queue_size = queue_size
@@ -72,17 +82,46 @@ class AnalysisService:
         def run(sample: Sample, lookup: JournalLookup) -> Wire:  # runs in the worker process
             return engine.run(sample, lookup).to_wire()
 
-        for i in range(self.workers):
-            worker = Worker(run, f"analysis-{i}", limit)
-            thread = threading.Thread(target=self._thread, args=(worker,), name=f"analysis-{i}", daemon=True)
-            thread.start()
-            self._workers.append(worker)
-            self._threads.append(thread)
+        self._run_wire, self._limit = run, limit
+        activity.set_sink(self._record)
+        self._workers = [Worker(run, f"analysis-{i}", limit) for i in range(self.workers)]
+        self._threads = [self._spawn(worker) for worker in self._workers]
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    def _spawn(self, worker: Worker) -> threading.Thread:
+        thread = threading.Thread(target=self._thread, args=(worker,), name=worker.name, daemon=True)
+        thread.start()
+        return thread
+
+    def _record(self, what: str) -> None:
+        self._doing[threading.get_ident()] = what
+
+    async def _watch(self) -> None:
+        """Answer in-thread analyses that outlive the deadline and replace their thread; worker
+        processes are timed by their own thread."""
+        while True:
+            await asyncio.sleep(min(1.0, self.timeout / 4))
+            now = time.monotonic()
+            for thread, (sample, started, deadline) in list(self._busy.items()):
+                if now < deadline or self._busy.pop(thread, None) is None:
+                    continue
+                self._abandoned.add(thread)
+                where = self._doing.get(thread.ident or 0, "unknown")
+                log.warning("%s: analysis timed out in %s (sample %s); a new thread takes over",
+                            thread.name, where, sample.sha256)
+                self._finished_in_thread(sample, Verdict(Result.failed, f"Analysis timed out in {where}", []),
+                                         started)
+                index = self._threads.index(thread)
+                self._workers[index].signal()
+                self._workers[index] = Worker(self._run_wire, thread.name, self._limit)
+                self._threads[index] = self._spawn(self._workers[index])
 
     async def stop(self) -> None:
         """Stop at once: running analyses are killed, and every job not finished yet is answered
         failed, interrupted by the shutdown (a later start does not analyse it again)."""
         self._stopping = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for _ in self._threads:
             self._work.put(None)
         for worker in self._workers:
@@ -202,20 +241,27 @@ class AnalysisService:
                 elif needs_isolation(sample.content):
                     verdict = self._in_worker(worker, sample, journal)
                 else:
-                    verdict = self._in_thread(sample, journal)
+                    verdict = self._in_thread(sample, journal, started)
+                if threading.current_thread() in self._abandoned:
+                    return  # answered by the watchdog, and a new thread has taken over
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._finished_in_thread, sample, verdict, started)
         finally:
             worker.kill()
 
-    def _in_thread(self, sample: Sample, journal: KnownReport) -> Verdict:
-        """The verdict of a small sample no parser that can hang looks at (``needs_isolation``)."""
+    def _in_thread(self, sample: Sample, journal: KnownReport, started: float) -> Verdict:
+        """The verdict of a small sample no parser that can hang looks at (``needs_isolation``); if it
+        hangs all the same, the watchdog answers it and replaces this thread."""
+        me = threading.current_thread()
+        self._busy[me] = (sample, started, time.monotonic() + self.timeout)
         try:
             verdict = self._run(sample, journal)
             sample.sha1, sample.md5  # noqa: B018 (hashes computed here, in the worker thread)
         except Exception as exc:  # never lose a job: a broken analysis is failed, not bad
             log.exception("analysis of %s crashed", sample.sha256)
             verdict = Verdict(Result.failed, f"Analysis crashed: {type(exc).__name__}: {exc}", [])
+        finally:
+            self._busy.pop(me, None)
         return verdict
 
     def _in_worker(self, worker: Worker, sample: Sample, journal: KnownReport) -> Verdict:
