@@ -74,8 +74,8 @@ class AnalysisService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = False
-        # an archive budget configured above the memory bound is honoured: members are held in memory,
-        # and the largest one briefly twice
+        # an archive budget configured above the memory bound is honoured: unpacked members are held
+        # in memory, with the attachment and the analysers' working copies
         limit = max(self.memory_limit, 3 * self.engine.resources.archive_limits.max_total_size)
         engine = self.engine
 
