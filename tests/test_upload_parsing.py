@@ -1,10 +1,11 @@
 """The request parsers in-process: job ids, Content-Disposition, the multipart reader (fuzzed with
-hypothesis: whatever the client sends, only an UploadError with a 4xx comes out)."""
+hypothesis: whatever the client sends, only an UploadError with a 4xx comes out), and the read deadline of
+the HTTP protocol."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -128,3 +129,82 @@ def test_disconnect_is_an_upload_error() -> None:
     with pytest.raises(UploadError) as caught:
         asyncio.run(read_form(receive_body(receive), b"zz", 1024))
     assert caught.value.status == 400 and "disconnected" in caught.value.message
+
+
+# the read deadline in the protocol, in-process ------------------------------------------------------------------
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 1234) if name in ("peername", "sockname") else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _run_protocol(app: Callable[..., Awaitable[None]], data: list[bytes], read_timeout: float,
+                        until: Callable[[_Transport], bool]) -> _Transport:
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from mailowl.api.transport import http_protocol
+
+    config = Config(app=app, lifespan="off", log_level="warning")
+    config.load()
+    protocol = http_protocol(read_timeout)(config=config, server_state=ServerState(), app_state={})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    for piece in data:
+        protocol.data_received(piece)
+    for _ in range(3000):  # generous: only a broken protocol waits this out
+        if until(transport):
+            break
+        await asyncio.sleep(0.01)
+    protocol.connection_lost(None)
+    return transport
+
+
+def test_no_deadline_while_the_application_works() -> None:
+    # a long-polling report takes as long as it takes: the deadline is for reading requests only
+    async def slow_app(scope: dict[str, object], receive: object, send: Callable[..., Awaitable[None]]) -> None:
+        await asyncio.sleep(0.5)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    transport = asyncio.run(_run_protocol(slow_app, [b"GET /v2/jobs/1?wait=300 HTTP/1.1\r\nHost: x\r\n\r\n"], 0.05,
+                                          lambda t: t.written.endswith(b"{}") or t.closed))
+    assert transport.written.startswith(b"HTTP/1.1 200 ") and transport.written.endswith(b"{}")
+
+
+def test_deadline_answers_a_stalled_body_with_408_and_the_app_sees_a_disconnect() -> None:
+    seen: list[object] = []
+
+    async def reading_app(scope: dict[str, object], receive: Callable[[], Awaitable[dict[str, object]]],
+                          send: Callable[..., Awaitable[None]]) -> None:
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                return
+
+    stalled = b"POST /v1/scan HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf"
+    transport = asyncio.run(_run_protocol(reading_app, [stalled], 0.05, lambda t: t.closed))
+    assert transport.closed and transport.written.startswith(b"HTTP/1.1 408 ")
+    assert b'"Request body not received completely within 0.05 s (server.read_timeout)"' in transport.written
+    assert seen[-1] == "http.disconnect"
