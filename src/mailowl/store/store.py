@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -174,6 +175,7 @@ class Store:
         return job
 
     def job_finished(self, job: Job) -> None:
+        _compact(job)
         if job.result is not None and job.result != Result.failed and job.finished_at is not None:
             if self._seen is not None:
                 self._seen.add(job.identity)
@@ -488,6 +490,26 @@ def _check(returned: list[Any], rows: list[dict[str, Any]]) -> list[int]:
         raise StoreError(f"the database returned ids for {len(returned)} rows that do not match the "
                          f"{len(rows)} new jobs")
     return [int(job_id) for job_id, _ in returned]
+
+
+_SHARED: dict[RuleResult, RuleResult] = {}
+_SHARED_LIMIT = 20_000
+_PLAIN_FACTS = ("type_declared", "content_disposition", "file_extension", "type_by_name", "type_by_content")
+
+
+def _compact(job: Job) -> None:
+    """Jobs stay in memory for quick answers: share what most of them have in common (per-rule results,
+    reasons, type names) instead of keeping a copy per job."""
+    if len(_SHARED) > _SHARED_LIMIT:
+        _SHARED.clear()  # reasons that name sizes or files make many distinct results: start again
+    job.rules = [_SHARED.setdefault(r, r) for r in job.rules]
+    if job.reason is not None:
+        job.reason = sys.intern(job.reason)
+    facts = job.facts
+    for key in _PLAIN_FACTS:
+        value = facts.get(key)
+        if isinstance(value, str):
+            facts[key] = sys.intern(value)
 
 
 def _utcnow() -> datetime:
