@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mailowl import __version__
 from mailowl.config import Config, ConfigError, load_config, parse_duration
@@ -170,6 +170,7 @@ def cmd_mail_inspect(args: argparse.Namespace) -> int:
 
     try:
         with contextlib.ExitStack() as stack:
+            source: IO[bytes]
             if args.file == "-":  # the walker seeks: a pipe is spooled first
                 source = stack.enter_context(tempfile.TemporaryFile())
                 shutil.copyfileobj(sys.stdin.buffer, source, 1 << 20)
