@@ -122,6 +122,9 @@ def test_long_boundary_is_a_json_400(server: Server, path: str) -> None:
     ('filename="=?x-bogus?Q?=ff?="', "=?x-bogus?Q?=ff?="),
     ('filename="=?utf-8?Q?=ff?=.bat"', "=?utf-8?Q?=ff?=.bat"),
     ('filename="=?utf-8?B?w7xiZXIuYmF0?="', "über.bat"),
+    ('filename="=?utf-7?Q?+2D0-.bat?="', "=?utf-7?Q?+2D0-.bat?="),  # decodes to a lone surrogate
+    ("filename*=utf-7''%2B2D0-.bat", "\ufffd\ufffd\ufffd.bat"),
+    ("filename*=utf-8''evil%00.bat", "evil\ufffd.bat"),  # NUL: PostgreSQL would refuse the row
 ])
 @pytest.mark.parametrize("path", ["/v1/scan", "/v2/scan"])
 def test_undecodable_encoded_word_filename_is_kept_as_written(server: Server, path: str, param: str,

@@ -86,11 +86,26 @@ def parse_disposition(value: str) -> tuple[str | None, str | None]:
     RFC 2231 ``filename*``; RFC 2047 encoded-words some clients put in filenames are decoded."""
     simple = _simple_params(value)
     if simple is not None:
-        return simple.get("name"), simple.get("filename")
+        return storable(simple.get("name")), storable(simple.get("filename"))
     name, filename = _full_disposition(value)
     if filename and "=?" in filename:
         filename = _decode_words(filename)
-    return name, filename
+    return storable(name), storable(filename)
+
+
+def storable(text: str | None) -> str | None:
+    """``text`` as every later stage can take it: UTF-8-encodable (decoders such as UTF-7 can yield lone
+    surrogates, which hashing the identity chokes on) and without NUL (which PostgreSQL refuses, failing
+    the whole group commit). Either becomes U+FFFD."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def _decode_words(text: str) -> str:
@@ -101,9 +116,11 @@ def _decode_words(text: str) -> str:
     unscannable. Kept as written, the name is what PeekabooAV (which decodes nothing) would see.
     """
     try:
-        return str(email.header.make_header(email.header.decode_header(text)))
+        decoded = str(email.header.make_header(email.header.decode_header(text)))
+        decoded.encode("utf-8")  # lone surrogates (UTF-7 can make them) count as undecodable
     except (LookupError, ValueError, email.errors.MessageError):
         return text
+    return decoded
 
 
 def _full_disposition(value: str) -> tuple[str | None, str | None]:
@@ -204,7 +221,7 @@ async def read_form(body: AsyncIterator[bytes], boundary: bytes, limit: int) -> 
             part.name, part.filename = parse_disposition(disposition)
         ctype = part.headers.get("content-type")
         if ctype:
-            part.content_type = ctype.split(";", 1)[0].strip().lower() or None
+            part.content_type = storable(ctype.split(";", 1)[0].strip().lower() or None)
         # closed by Part.data() or by the error path below
         part.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115
 
