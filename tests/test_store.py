@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from mailowl.analysis.sample import Sample
 from mailowl.results import Result, RuleResult
@@ -55,12 +56,9 @@ async def test_jobs_verdicts_and_purge(store_url: str) -> None:
         assert not (await store.journal(Sample(b"never seen").identity)).known
 
         await store.flush()
-        store.run = "old-host 1 1"  # the jobs are now those of a run on this host that died
-        assert await store.abandon_pending() == 0  # another host's run: alive as far as we know
-        store.run = f"{socket.gethostname()} 999999999 1"
+        assert await store.abandon_pending() == 0  # this process is alive: its pending jobs stay
         async with store.engine.begin() as conn:  # type: ignore[union-attr]
-            await conn.execute(update(jobs).values(run=store.run))
-        store.run = f"{socket.gethostname()} 1 1"
+            await conn.execute(update(jobs).values(run=f"{socket.gethostname()} 99999999 1"))
         assert await store.abandon_pending() == 2  # c and the new job: what a crash leaves behind
         store._jobs.clear()
         assert (await store.get_job(c.id)).result is Result.failed  # type: ignore[union-attr]
@@ -101,8 +99,6 @@ async def test_verdict_lookups_are_batched_and_cached(sqlite_store: Store) -> No
     # in memory right away, before and after the write
     assert (await store.journal(job.identity)).result is Result.good
     store._journals.clear()
-    import asyncio
-
     reports = await asyncio.gather(*(store.journal(job.identity) for _ in range(20)))
     assert all(r.known for r in reports)
 
@@ -136,3 +132,66 @@ def test_purge_by_another_process_is_not_served_from_memory(tmp_path: Path) -> N
     refused = subprocess.run([sys.executable, "-m", "mailowl.cli", "db", "purge", "--older-than", "0s", "--config",
                               str(tmp_path / "mailowl.toml")], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "purge_min_age" in refused.stderr
+
+
+async def test_ids_are_never_reused_after_deleting_the_newest_or_by_two_processes(store_url: str) -> None:
+    first, second = Store(store_url), Store(store_url)  # two servers on one database
+    await first.open()
+    await second.open()
+    try:
+        jobs_ = await asyncio.gather(*(s.new_job(Sample(f"s{i}".encode(), f"{i}.bin").facts())
+                                       for i in range(40) for s in (first, second)))
+        ids = [j.id for j in jobs_]
+        assert len(set(ids)) == len(ids) and min(ids) > 0
+        assert first.engine is not None
+        async with first.engine.begin() as conn:  # what a purge of the newest rows does
+            await conn.execute(delete(jobs))
+    finally:
+        await first.close()
+        await second.close()
+    again = Store(store_url)  # a restart
+    await again.open()
+    try:
+        assert (await again.new_job(Sample(b"after").facts())).id > max(ids)
+        assert await again.get_job(max(ids)) is None
+    finally:
+        await again.close()
+
+
+async def test_restart_abandons_only_pending_jobs_of_dead_runs(sqlite_store: Store) -> None:
+    store = sqlite_store
+    mine = await store.new_job(Sample(b"mine").facts())
+    dead = await store.new_job(Sample(b"dead").facts())
+    remote = await store.new_job(Sample(b"remote").facts())
+    assert store.engine is not None
+    async with store.engine.begin() as conn:
+        # a pid that cannot exist on Linux (above pid_max) is a process of this host that is gone
+        await conn.execute(update(jobs).where(jobs.c.id == dead.id).values(run=f"{socket.gethostname()} 99999999 1"))
+        await conn.execute(update(jobs).where(jobs.c.id == remote.id).values(run="elsewhere.example 1 1"))
+    other = Store(store.url)  # a second server starting beside this (live) one
+    await other.open()
+    try:
+        assert await other.abandon_pending() == 1
+        found = {j.id: await other.get_job(j.id) for j in (mine, dead, remote)}
+        assert found[dead.id].result is Result.failed and "interrupted" in found[dead.id].reason  # type: ignore[union-attr,operator]
+        assert found[mine.id].state == "pending" and found[remote.id].state == "pending"  # type: ignore[union-attr]
+    finally:
+        await other.close()
+
+
+async def test_memory_answers_only_jobs_too_young_to_be_purged(tmp_path: Path) -> None:
+    now = [datetime(2026, 1, 10, 12, tzinfo=UTC)]
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}", purge_min_age=3600, clock=lambda: now[0])
+    await store.open()
+    try:
+        job = await store.new_job(Sample(b"kept in memory").facts())
+        assert store.engine is not None
+        async with store.engine.begin() as conn:  # another process deletes the row behind our back
+            await conn.execute(delete(jobs))
+        now[0] += timedelta(minutes=29)
+        assert await store.get_job(job.id) is job  # no purge can have deleted it: answered from memory
+        now[0] += timedelta(minutes=2)
+        assert await store.get_job(job.id) is None  # old enough to be purged: the database decides
+        assert job.id not in store._jobs
+    finally:
+        await store.close()
