@@ -212,7 +212,9 @@ def _detach(conn: Connection, parent: int) -> None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the server died before prctl took effect
         os._exit(0)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # The server ends its workers itself (SIGKILL) and answers their jobs as interrupted; a SIGTERM
+    # sent to the whole control group (systemd) must not make them look crashed first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
