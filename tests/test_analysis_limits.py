@@ -73,7 +73,7 @@ def overlapping_zip(entries: int, member: bytes) -> bytes:
     single = zip_of({"a.bin": member})
     cd_at = struct.unpack("<I", single[-6:-2])[0]
     record = single[cd_at:-22]
-    records = b"".join(record.replace(b"a.bin", f"{i:05d}"[:5].encode()) for i in range(entries))
+    records = record * entries  # the same name each time: zipfile checks names against the local header
     eocd = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, entries, entries, len(records), cd_at, 0)
     return single[:cd_at] + records + eocd
 
