@@ -33,7 +33,8 @@ def build_service(config: Config, engine: Engine | None = None) -> AnalysisServi
     log = VerdictLog.from_config(config.log)
     return AnalysisService(engine, store, queue_size=config.queue.size, workers=config.queue.workers,
                            verdict_log=log, timeout=config.analysis.timeout,
-                           memory_limit=config.analysis.max_memory)
+                           # a worker must at least hold the largest upload and one working copy of it
+                           memory_limit=max(config.analysis.max_memory, 2 * config.server.max_sample_size))
 
 
 @contextlib.asynccontextmanager
