@@ -95,12 +95,12 @@ def parse_disposition(value: str) -> tuple[str | None, str | None]:
 
 def storable(text: str | None) -> str | None:
     """``text`` as every later stage can take it: UTF-8-encodable (decoders such as UTF-7 can yield lone
-    surrogates, which hashing the identity chokes on) and without NUL (which PostgreSQL refuses, failing
-    the whole group commit). Either becomes U+FFFD."""
+    surrogates, which hashing the identity chokes on; they become U+FFFD) and without NUL (which
+    PostgreSQL refuses, failing the whole group commit; dropped, as Sample drops it from filenames)."""
     if text is None:
         return None
     if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
+        text = text.replace("\x00", "")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
