@@ -255,3 +255,25 @@ async def test_hang_in_the_thread_path_is_answered_and_the_thread_replaced(pe_se
     assert pe_service._threads != before  # the only thread was replaced, the next sample goes to the new one
     after = await pe_service.analyse(Sample(b"some other text", "next.txt"), 30)
     assert after.result is Result.unknown
+
+
+def test_a_failed_member_lookup_leaves_the_worker_usable() -> None:
+    from mailowl.analysis.workers import Worker, WorkerError
+
+    eng = engine(["archive", "known", "final_rule"])
+    worker = Worker(lambda sample, lookup: eng.run(sample, lookup).to_wire(), "lookup-test", 256 * 2**20)
+    worker.start()
+
+    def broken(identity: str, timeout: float) -> KnownReport:
+        raise RuntimeError("database is down")
+
+    try:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("note.txt", b"hello")
+        with pytest.raises(WorkerError, match="lookup for an archive member failed: RuntimeError: database is down"):
+            worker.analyse(Sample(buf.getvalue(), "a.zip"), KnownReport(), broken, 30)
+        fine = worker.analyse(Sample(b"MZ next", "b.exe"), KnownReport(), broken, 30)
+        assert Verdict.from_wire(fine.verdict).result is Result.unknown
+    finally:
+        worker.kill()

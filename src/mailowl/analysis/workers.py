@@ -154,7 +154,14 @@ class Worker:
                     raise WorkerTimeout(where)
                 message = conn.recv()
                 if message[0] == "known":
-                    conn.send(lookup(message[1], max(deadline - time.monotonic(), 0.1)))
+                    try:
+                        answer = lookup(message[1], max(deadline - time.monotonic(), 0.1))
+                    except Exception as exc:
+                        # the child waits for this answer: it cannot take the next sample
+                        self.kill()
+                        raise WorkerError(f"verdict cache lookup for an archive member failed: "
+                                          f"{type(exc).__name__}: {exc}") from None
+                    conn.send(answer)
                 elif message[0] == "done":
                     return Outcome(*message[1:])
                 else:
@@ -173,9 +180,10 @@ class Worker:
 
     def signal(self) -> None:
         """Kill the child's process group now; safe from any thread. The owner thread reaps it."""
-        if self.pid:
+        pid = self.pid  # read once: the owner thread may reset it meanwhile, and killpg(0) is our own group
+        if pid > 0:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
 
     def kill(self) -> str:
         """Kill and reap the child; says how it ended. The next analysis forks a new one."""
