@@ -385,6 +385,8 @@ def test_serve_starts_with_a_dead_tcp_target_and_delivers_after_reconnect(tmp_pa
     got = bytearray()
     try:
         early = _scan_and_wait(server, b"@echo nobody listens")
+        # the writer has tried the target and found it down, and stderr says so
+        assert _wait_for(lambda: "Connection refused" in (tmp_path / "server.log").read_text(), 30)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", port))
         listener.listen()
@@ -406,7 +408,6 @@ def test_serve_starts_with_a_dead_tcp_target_and_delivers_after_reconnect(tmp_pa
     finally:
         server.stop()
         listener.close()
-    assert "Connection refused" in (tmp_path / "server.log").read_text()
 
 
 def test_a_target_that_never_reads_costs_lines_not_mail(tmp_path: Path) -> None:
