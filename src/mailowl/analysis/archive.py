@@ -156,9 +156,28 @@ def _zip(data: bytes, budget: Budget) -> Members:
     return out
 
 
-def _tar(fileobj: IO[bytes], budget: Budget, mode: str = "r:") -> Members:
+class _LastRead:
+    """Remembers the last block tarfile read: the header its iteration ended on."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.last = b""
+
+    def read(self, size: int = -1) -> bytes:
+        self.last = self.raw.read(size)
+        return self.last
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
+def _tar(raw: IO[bytes], budget: Budget) -> Members:
     out = []
-    with tarfile.open(fileobj=fileobj, mode=mode) as tf:  # type: ignore[call-overload]
+    fileobj = _LastRead(raw)
+    with tarfile.open(fileobj=fileobj, mode="r:") as tf:  # type: ignore[call-overload]
         for info in tf:
             budget.member()
             if not info.isfile():
@@ -168,10 +187,10 @@ def _tar(fileobj: IO[bytes], budget: Budget, mode: str = "r:") -> Members:
             if stream is not None:
                 out.append((info.name, budget.read(stream, info.name)))
         # tarfile ends its iteration silently at a bad header after the first member: only an
-        # end-of-archive block (or the data's end) means every member was seen.
-        tf.fileobj.seek(tf.offset)
-        block = tf.fileobj.read(_TAR_BLOCK)
-        if block and block != b"\x00" * _TAR_BLOCK:
+        # end-of-archive block (or the data's end) means every member was seen. The block is taken
+        # from what tarfile read, not read again: in a compressed tar, seeking back decompresses
+        # everything once more.
+        if fileobj.last and fileobj.last != b"\x00" * _TAR_BLOCK:
             raise Damaged(f"bad tar header at offset {tf.offset}")
     return out
 
@@ -276,7 +295,8 @@ def _stream(fmt: str, data: bytes, budget: Budget, sample: Sample) -> tuple[str,
         head = stream.read(_TAR_BLOCK)
     if detect_format(head) == "tar":
         # .tar.gz is one archive to users: the tar is read straight from the decompressing stream
-        return f"tar.{tar_mode}", _tar(io.BytesIO(data), budget, f"r:{tar_mode}")
+        with _decompressing(fmt, data) as stream:
+            return f"tar.{tar_mode}", _tar(stream, budget)  # type: ignore[arg-type]
     budget.member()
     name = _inner_name(sample, suffixes)
     # the readers raise EOFError for a stream cut short, so a truncated file is damaged
