@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
@@ -11,13 +10,16 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from mailowl import __version__
-from mailowl.config import Config, ConfigError, load_config, parse_duration
-from mailowl.rules import RulesetError
-from mailowl.rules.engine import Engine
-from mailowl.rules.loader import load_engine
+
+if TYPE_CHECKING:
+    from mailowl.config import Config
+    from mailowl.rules.engine import Engine
+
+# Commands import what they use when they run: `mailowl logs parse` (a pipeline tool) would otherwise
+# spend more CPU on importing the configuration, rules and asyncio than on parsing a day of logs.
 
 
 def _config_args(parser: argparse.ArgumentParser, serve: bool = False) -> None:
@@ -29,6 +31,9 @@ def _config_args(parser: argparse.ArgumentParser, serve: bool = False) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, Engine]:
+    from mailowl.config import load_config
+    from mailowl.rules.loader import load_engine
+
     overrides: dict[str, dict[str, Any]] = {}
     if getattr(args, "ruleset", None):
         overrides["analysis"] = {"ruleset": args.ruleset}
@@ -114,6 +119,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_db_purge(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mailowl.config import ConfigError, load_config, parse_duration
     from mailowl.store import Store
 
     config = load_config(args.config)
@@ -139,6 +147,9 @@ def cmd_db_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mailowl.config import load_config
     from mailowl.store import Store
 
     config = load_config(args.config)
@@ -157,6 +168,7 @@ def cmd_mail_inspect(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
+    from mailowl.config import load_config
     from mailowl.mail.parts import Part, extract, limits_for
 
     config = load_config(args.config)
@@ -300,11 +312,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
-    except (ConfigError, RulesetError) as exc:
-        print(f"mailowl: configuration error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _is_configuration_error(exc):
+            raise
+        print(f"mailowl: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _is_configuration_error(exc: Exception) -> bool:
+    config, rules = sys.modules.get("mailowl.config"), sys.modules.get("mailowl.rules")
+    return (config is not None and isinstance(exc, config.ConfigError)) or (
+        rules is not None and isinstance(exc, rules.RulesetError))
 
 
 if __name__ == "__main__":
