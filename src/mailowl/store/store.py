@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import sqlite3
 import sys
 import uuid
 from collections import OrderedDict
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, bindparam, create_engine, delete, event, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, event, or_, select, update
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 
 _FACT_COLUMNS = ("identity", "sha256", "sha1", "md5", "size", "filename", "type_declared",
                  "content_disposition", "file_extension", "type_by_content", "type_by_name")
+
+
+_GATHER_TURNS = 4
 
 
 class StoreError(RuntimeError):
@@ -99,8 +104,8 @@ class Store:
         self._closing = False
         #: identities with a usable verdict in the store; None means always ask the database
         self._seen: IdentityBloom | None = None
-        #: SQLite only: the writer's own synchronous engine, used from a worker thread
-        self._sync_engine: Engine | None = None
+        #: SQLite only: the writer's own plain connection (a group commit is a few driver calls)
+        self._sqlite: sqlite3.Connection | None = None
 
     # life cycle -----------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -115,12 +120,14 @@ class Store:
         if url.get_backend_name() == "sqlite":
             pragmas = functools.partial(_sqlite_pragmas, synchronous=self.sqlite_synchronous)
             event.listen(engine.sync_engine, "connect", pragmas)
-            sync_engine = create_engine(url.set(drivername="sqlite"), connect_args=kwargs.get("connect_args", {}))
-            event.listen(sync_engine, "connect", pragmas)
-            self._sync_engine = sync_engine
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(upgrade)
+            if url.get_backend_name() == "sqlite":
+                # autocommit mode: the writer issues BEGIN IMMEDIATE / COMMIT itself
+                self._sqlite = sqlite3.connect(url.database or ":memory:", timeout=30, isolation_level=None,
+                                               check_same_thread=False)
+                pragmas(self._sqlite, None)
         except Exception as exc:
             await engine.dispose()
             raise StoreError(f"store {url.render_as_string(hide_password=True)}: {exc}") from exc
@@ -149,8 +156,8 @@ class Store:
                     await task
         if self.engine is not None:
             await self.engine.dispose()
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
+        if self._sqlite is not None:
+            self._sqlite.close()
 
     # jobs -------------------------------------------------------------------------------------------------
     def add_job(self, facts: dict[str, Any]) -> Job:
@@ -248,6 +255,8 @@ class Store:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self._sqlite is not None and self.sqlite_synchronous == "NORMAL":
+                await self._gather()
             inserts, commit, msgs = self._inserts, self._commit, self._messages
             self._inserts, self._commit, self._messages = [], None, []
             carried = {id(job) for job in inserts}
@@ -280,18 +289,28 @@ class Store:
                 self._writing = False
             self._flushed.set()
 
+    async def _gather(self) -> None:
+        """A commit on the event loop leaves no time in which the next group could form: let the requests
+        that are already running reach their insert first (a few loop turns, never a fixed wait)."""
+        queued = -1
+        for _ in range(_GATHER_TURNS):
+            if len(self._inserts) == queued:
+                return  # a turn brought nothing new
+            queued = len(self._inserts)
+            await asyncio.sleep(0)
+
     async def _write(self, inserts: list[Job], updates: dict[int, Job], msgs: list[dict[str, Any]]) -> None:
         assert self.engine is not None
         message_rows = [_message_row(m) for m in msgs]
         new_rows = [_row(job, self.run) for job in inserts]
         update_rows = [{**_row(job, None), "b_id": job_id} for job_id, job in updates.items()]
-        if self._sync_engine is not None and self.sqlite_synchronous == "NORMAL":
+        if self._sqlite is not None and self.sqlite_synchronous == "NORMAL":
             # a WAL commit without fsync takes well under a millisecond: done right here, it beats any thread
             # hand-off, which waits for the GIL behind the analysis threads
-            ids = self._write_sync(new_rows, message_rows, update_rows)
-        elif self._sync_engine is not None:
+            ids = _write_sqlite(self._sqlite, new_rows, message_rows, update_rows)
+        elif self._sqlite is not None:
             # fsync takes milliseconds: one thread hop for the whole transaction (aiosqlite hops per statement)
-            ids = await asyncio.to_thread(self._write_sync, new_rows, message_rows, update_rows)
+            ids = await asyncio.to_thread(_write_sqlite, self._sqlite, new_rows, message_rows, update_rows)
         else:
             async with self.engine.begin() as conn:
                 ids = await conn.run_sync(_write_rows, new_rows, message_rows, update_rows)
@@ -299,12 +318,6 @@ class Store:
         for job, job_id in zip(inserts, ids, strict=True):
             job.id, job._commit = job_id, None
             self._jobs.put(job_id, job)
-
-    def _write_sync(self, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
-                    update_rows: list[dict[str, Any]]) -> list[int]:
-        assert self._sync_engine is not None
-        with self._sync_engine.begin() as conn:
-            return _write_rows(conn, new_rows, message_rows, update_rows)
 
     # verdict cache --------------------------------------------------------------------------------------
     def _cutoff(self) -> datetime | None:
@@ -428,54 +441,73 @@ _UPDATE = (update(jobs).where(jobs.c.id == bindparam("b_id"))
 def _write_rows(conn: Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
                 update_rows: list[dict[str, Any]]) -> list[int]:
     """One group commit's statements; the new jobs' ids in the order of ``new_rows``."""
-    sqlite = conn.dialect.name == "sqlite"
-    ids = (_insert_sqlite(conn, new_rows) if sqlite else _insert(conn, new_rows)) if new_rows else []
+    ids = _insert(conn, new_rows) if new_rows else []
     if message_rows:
         conn.execute(messages.insert(), message_rows)
-    if update_rows and sqlite:
-        conn.exec_driver_sql(_SQLITE_UPDATE, [_values(conn, row, _UPDATE_COLUMNS) for row in update_rows])
-    elif update_rows:
+    if update_rows:
         conn.execute(_UPDATE, update_rows)
     return ids
 
 
-# SQLite is the default store and its writer holds the GIL: plain driver statements cost a fraction of
-# SQLAlchemy's per-row work, which matters when every job is written twice (pending, then finished)
+# SQLite is the default store and its writer runs on the event loop: plain driver statements on one
+# connection cost a fraction of SQLAlchemy's per-round and per-row work
+_SQLITE = sqlite_dialect.dialect()
+
+
+def _processors(table: Table) -> dict[str, Callable[[Any], Any]]:
+    found: dict[str, Callable[[Any], Any]] = {}
+    for column in table.columns:
+        processor = column.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)
+        if processor is not None:
+            found[column.name] = processor
+    return found
+
+
+_JOB_PROCESSORS = _processors(jobs)
+_MESSAGE_PROCESSORS = _processors(messages)
 _INSERT_COLUMNS = [c.name for c in jobs.columns if c.name != "id"]
+_MESSAGE_COLUMNS = [c.name for c in messages.columns]
 _UPDATE_COLUMNS = ["state", "result", "reason", "rule_results", "finished_at", "type_by_content", "sha1", "md5",
                    "file_extension", "type_by_name", "b_id"]
-_SQLITE_UPDATE = (f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _UPDATE_COLUMNS[:-1])} WHERE id = ?")
+_SQLITE_UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _UPDATE_COLUMNS[:-1])} WHERE id = ?"
+_SQLITE_MESSAGE = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
+                   f"VALUES ({', '.join('?' * len(_MESSAGE_COLUMNS))})")
 _SQLITE_ROWS_PER_INSERT = 32766 // len(_INSERT_COLUMNS)
 
 
-def _values(conn: Connection, row: dict[str, Any], columns: list[str]) -> tuple[Any, ...]:
-    processors = _processors(conn)
-    return tuple(processors[c](row[c]) if c in processors and row[c] is not None else row[c] for c in columns)
+def _values(processors: dict[str, Callable[[Any], Any]], row: dict[str, Any], columns: list[str]) -> tuple[Any, ...]:
+    return tuple(processors[c](row.get(c)) if c in processors and row.get(c) is not None else row.get(c)
+                 for c in columns)
 
 
-_PROCESSORS: dict[str, Callable[[Any], Any]] = {}
+def _write_sqlite(db: sqlite3.Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
+                  update_rows: list[dict[str, Any]]) -> list[int]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        ids = _insert_sqlite(db, new_rows) if new_rows else []
+        if message_rows:
+            db.executemany(_SQLITE_MESSAGE, [_values(_MESSAGE_PROCESSORS, r, _MESSAGE_COLUMNS) for r in message_rows])
+        if update_rows:
+            db.executemany(_SQLITE_UPDATE, [_values(_JOB_PROCESSORS, r, _UPDATE_COLUMNS) for r in update_rows])
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return ids
 
 
-def _processors(conn: Connection) -> dict[str, Callable[[Any], Any]]:
-    if not _PROCESSORS:
-        for column in jobs.columns:
-            processor = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-            if processor is not None:
-                _PROCESSORS[column.name] = processor
-    return _PROCESSORS
-
-
-def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+def _insert_sqlite(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> list[int]:
     ids: list[int] = []
     for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
         chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
         marks = "(" + ", ".join("?" * len(_INSERT_COLUMNS)) + ")"
         sql = (f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) VALUES {', '.join([marks] * len(chunk))} "
                "RETURNING id, identity")
-        params = tuple(value for row in chunk for value in _values(conn, row, _INSERT_COLUMNS))
+        params = tuple(value for row in chunk for value in _values(_JOB_PROCESSORS, row, _INSERT_COLUMNS))
         # SQLite inserts a multi-row VALUES in order and AUTOINCREMENT makes each id larger than the one
         # before, so sorting puts the ids in row order, whatever order RETURNING uses
-        ids += _check(sorted(conn.exec_driver_sql(sql, params).all()), chunk)
+        ids += _check(sorted(db.execute(sql, params).fetchall()), chunk)
     return ids
 
 
