@@ -10,11 +10,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, update
+import pytest
+from sqlalchemy import delete, text, update
 
 from mailowl.analysis.sample import Sample
 from mailowl.results import Result, RuleResult
-from mailowl.store import Job, Store
+from mailowl.store import Job, Store, StoreError
 from mailowl.store.models import jobs
 
 from .server import Server
@@ -195,3 +196,17 @@ async def test_memory_answers_only_jobs_too_young_to_be_purged(tmp_path: Path) -
         assert job.id not in store._jobs
     finally:
         await store.close()
+
+
+async def test_a_job_that_cannot_be_committed_gets_no_id(sqlite_store: Store) -> None:
+    store = sqlite_store
+    kept = await store.new_job(Sample(b"stored first").facts())
+    assert store.engine is not None
+    async with store.engine.begin() as conn:  # the database refuses every new row from now on
+        await conn.execute(text("CREATE TRIGGER refuse BEFORE INSERT ON jobs BEGIN SELECT RAISE(ABORT, 'disk says no'); END"))
+    with pytest.raises(StoreError, match="disk says no"):
+        await store.new_job(Sample(b"never stored").facts())
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DROP TRIGGER refuse"))
+    again = await store.new_job(Sample(b"stored again").facts())  # the writer carries on
+    assert again.id > kept.id
