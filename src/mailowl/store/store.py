@@ -467,9 +467,13 @@ _JOB_PROCESSORS = _processors(jobs)
 _MESSAGE_PROCESSORS = _processors(messages)
 _INSERT_COLUMNS = [c.name for c in jobs.columns if c.name != "id"]
 _MESSAGE_COLUMNS = [c.name for c in messages.columns]
-_UPDATE_COLUMNS = ["state", "result", "reason", "rule_results", "finished_at", "type_by_content", "sha1", "md5",
-                   "file_extension", "type_by_name", "b_id"]
-_SQLITE_UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _UPDATE_COLUMNS[:-1])} WHERE id = ?"
+_UPDATE_COLUMNS = ["b_id", "state", "result", "reason", "rule_results", "finished_at", "type_by_content", "sha1",
+                   "md5", "file_extension", "type_by_name"]
+# UPDATE ... FROM (SQLite >= 3.33): the VALUES rows' columns are named column1, column2, ...
+_SQLITE_UPDATE = ("UPDATE jobs SET "
+                  + ", ".join(f"{c} = v.column{i}" for i, c in enumerate(_UPDATE_COLUMNS, 1) if c != "b_id")
+                  + " FROM (VALUES {values}) AS v WHERE jobs.id = v.column1")
+_SQLITE_ROWS_PER_UPDATE = 32766 // len(_UPDATE_COLUMNS)
 _SQLITE_MESSAGE = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
                    f"VALUES ({', '.join('?' * len(_MESSAGE_COLUMNS))})")
 _SQLITE_ROWS_PER_INSERT = 32766 // len(_INSERT_COLUMNS)
@@ -488,13 +492,23 @@ def _write_sqlite(db: sqlite3.Connection, new_rows: list[dict[str, Any]], messag
         if message_rows:
             db.executemany(_SQLITE_MESSAGE, [_values(_MESSAGE_PROCESSORS, r, _MESSAGE_COLUMNS) for r in message_rows])
         if update_rows:
-            db.executemany(_SQLITE_UPDATE, [_values(_JOB_PROCESSORS, r, _UPDATE_COLUMNS) for r in update_rows])
+            _update_sqlite(db, update_rows)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
     return ids
+
+
+def _update_sqlite(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    # one statement for all rows: every driver call gives up the GIL, and getting it back from busy analysis
+    # threads is what a commit on the event loop mostly waits for
+    for start in range(0, len(rows), _SQLITE_ROWS_PER_UPDATE):
+        chunk = rows[start:start + _SQLITE_ROWS_PER_UPDATE]
+        marks = "(" + ", ".join("?" * len(_UPDATE_COLUMNS)) + ")"
+        params = tuple(value for row in chunk for value in _values(_JOB_PROCESSORS, row, _UPDATE_COLUMNS))
+        db.execute(_SQLITE_UPDATE.format(values=", ".join([marks] * len(chunk))), params)
 
 
 def _insert_sqlite(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> list[int]:
