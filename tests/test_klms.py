@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -117,7 +118,8 @@ def test_c_tokenizer_is_built() -> None:
 
 
 PIECES = st.sampled_from(['clean', 'not clean', ': ', ', ', 'message-id=', 'size=', 'rules=', 'rcpt-to=', 'x-y=',
-                          '"', '\\', 'a', 'ü', '1', '=', ':', ',', ' ', 'part "', 'threats="a, b"', '""', '12'])
+                          '"', '\\', 'a', 'ü', '1', '=', ':', ',', ' ', 'part "', 'threats="a, b"', '""', '12',
+                          '007', '18446744073709551616', '9' * 4400])
 
 
 @settings(max_examples=1500, deadline=None)
@@ -219,3 +221,152 @@ def test_block_reader_gives_the_documents_of_line_by_line_parsing() -> None:
     out = io.BytesIO()
     to_ndjson(io.BytesIO(text), out, ecs=True)
     assert [orjson.loads(x) for x in out.getvalue().splitlines()] == [to_ecs(orjson.loads(x)) for x in expected]
+
+
+# ---- the C block writer (_klmsfast.ndjson) against orjson.dumps(parse(line)) ----
+
+def _expected(lines: list[str]) -> bytes:
+    return b"".join(orjson.dumps(parse(line), option=orjson.OPT_APPEND_NEWLINE) for line in lines)
+
+
+def _ndjson(lines: list[str]) -> tuple[bytes, list[str]]:
+    """The block's NDJSON from C and the lines it left to the fallback."""
+    from mailowl.logs import klms
+
+    if klms._fast_ndjson is None:
+        pytest.skip("mailowl.logs._klmsfast was not built")
+    left: list[str] = []
+
+    def fallback(line: str) -> bytes:
+        left.append(line)
+        return klms._dumps_line(line)
+
+    return klms._fast_ndjson(lines, fallback), left
+
+
+# every character class orjson treats differently: controls (short and \u00xx escapes), quote, backslash,
+# DEL, non-ASCII of 2, 3 and 4 bytes, U+2028, and the grammar's own separators; plain letters to make up words
+CHARS = list('\x00\x01\x08\t\n\x0b\x0c\r\x1f"\\\x7fü€\U0001f600\u2028\xa0,:=- ') + list("abcxyz019.@<>")
+TEXT = st.text(alphabet=st.sampled_from(CHARS) | st.characters(blacklist_categories=("Cs",)), max_size=12)
+# unquoted values that stay within the format more often than not
+PLAIN = st.text(alphabet=st.sampled_from([c for c in CHARS if c != '"']), max_size=12).map(
+    lambda v: re.sub(r"([,:]) ", r"\1_", v))
+DIGITS = st.one_of(st.integers(0, 10**6).map(str), st.integers(0, 2**70).map(str),
+                   st.sampled_from(["0", "007", "000", "18446744073709551615", "18446744073709551616",
+                                    "0018446744073709551615", "9" * 25, "0" * 4400 + "12", "1" * 4400, "12a", ""]))
+KEY = st.one_of(st.sampled_from(KEYS), st.sampled_from(KEYS + ["part", "name", "status-letter", "status_letter", "host", "pid", "timestamp",
+                                        "program", "mail_from", "rcpt_to", "message_id", "x" * 70]),
+                st.builds(str.__add__, st.sampled_from("aZ"), st.text(alphabet="aZ09_-", max_size=6)))
+
+
+@st.composite
+def _value(draw: st.DrawFn, key: str) -> str:
+    if key in ("size", "rules") and draw(st.booleans()):
+        digits = draw(DIGITS)
+        return f'"{digits}"' if draw(st.booleans()) else digits
+    if draw(st.booleans()):  # quoted, with escapes
+        raw = draw(TEXT)
+        return '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return draw(st.one_of(PLAIN, PLAIN, TEXT))  # TEXT: often not in the format, which is tested too
+
+
+SYSLOG_3164 = st.builds(
+    lambda pri, day, host, prog, pid: f"{pri}Nov {day} 10:00:00 {host} {prog}{pid}: ",
+    st.sampled_from(["", "<13>", "<13>", "<1234>", "<>"]), st.sampled_from(["23", " 3", "03"]),
+    st.sampled_from(["mx1", "mx1", 'm"x', "m\\x", "m\x7fx", "mx.example.org"]),
+    st.sampled_from(["klms", "klms", "k\\l", 'k"l', "mailowl"]),
+    st.sampled_from(["", "[1]", "[12]", "[007]", "[18446744073709551616]", "[" + "9" * 30 + "]", "[]",
+                     "[1a]"]))
+
+
+@st.composite
+def _verdict_line(draw: st.DrawFn) -> str:
+    prefix = draw(st.one_of(PREFIXES, st.just(""), SYSLOG_3164, SYSLOG_3164))
+    status = draw(st.one_of(st.sampled_from(["clean", "not clean", "infected", "", "a\\b", "ü\x01", "x\x7f€"]), TEXT))
+    out = [prefix, status]
+    for n in range(draw(st.integers(1, 8))):
+        separator = draw(st.sampled_from([": ", ", "])) if n else ": "  # the status ends at ": "
+        if draw(st.integers(0, 5)) == 0:
+            name = draw(TEXT)
+            out += [separator, 'part "' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
+            continue
+        key = draw(KEY)
+        out += [separator, key, "=", draw(_value(key.replace("-", "_")))]
+    line = "".join(out)
+    if draw(st.integers(0, 6)) == 0:  # a near miss: one character added or taken away somewhere
+        at = draw(st.integers(0, len(line)))
+        line = line[:at] + draw(st.sampled_from(['"', "\\", ":", ",", " ", "=", "x", ""])) + line[at + 1:]
+    return line + draw(st.sampled_from(["", "", "\r", "\r\n", "\n"]))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.one_of(_verdict_line(), _verdict_line(), _verdict_line(), st.text(max_size=60)), max_size=4))
+def test_block_writer_matches_orjson_of_parse(lines: list[str]) -> None:
+    got, _ = _ndjson(lines)
+    assert got == _expected(lines)
+
+
+def test_block_writer_handles_the_common_lines_itself() -> None:
+    lines = ['Nov 23 10:00:00 mx1 klms[12]: infected: message-id="<a@b>": relay-ip="10.0.0.1": '
+             'action="Skipped, Put in backup": size=005: rules="3": mail-from="": rcpt-to="a@x.ru, , b@y.ru": '
+             'av-status="Infected": part "Смета \\"1\\".xlsx", av-status="Encrypted", size=1: '
+             'part "P.xlsx", threats="HEUR:Exploit, UDS:x", mail-from=""',
+             'clean: mail-from="tab\there\x01\x7f": rcpt-to="": threats=', "not a verdict line", "",
+             "Nov 23 10:00:00 mx1 klms[12]: no verdict here", 'clean: size=99999999999999999999999: rules=18446744073709551615']
+    got, left = _ndjson(lines)
+    assert got == _expected(lines) and left == []
+    docs = [orjson.loads(x) for x in got.splitlines()]
+    assert docs[0]["mail_from"] == "NULL_SENDER_RFC5321" and docs[0]["part"][0]["name"] == 'Смета "1".xlsx'
+    assert docs[0]["part"][1]["mail_from"] == "" and docs[0]["rcpt_to"] == ["a@x.ru", "b@y.ru"]
+    assert docs[5] == {"status_letter": "clean", "size": "99999999999999999999999", "rules": 2**64 - 1}
+
+
+def test_block_writer_leaves_the_unusual_to_python() -> None:
+    lines = ["clean: size=1, size=2", "clean: part=x", 'clean: a=b: part "x", name="y"', "clean: status-letter=x",
+             "Nov 23 10:00:00 mx1 klms[12]: clean: host=x", "<13>1 2026-11-23T10:00:00Z mx1 klms 12 - - clean: a=b",
+             "Nov 23 10:00:00 mx1 klms[1a]: clean: a=b", "clean: " + "k" * 70 + "=1", "clean: a=\ud800"]
+    got, left = _ndjson(lines[:-1])
+    assert got == _expected(lines[:-1]) and left == lines[:-1]
+    with pytest.raises(UnicodeEncodeError):  # what the fallback (parse) does with a lone surrogate
+        _ndjson(lines[-1:])
+
+
+def test_huge_numbers_stay_strings_and_do_not_stop_the_command(tmp_path: Path) -> None:
+    huge = "1" + "0" * 30
+    log = tmp_path / "mail.log"
+    log.write_text(f"Nov 23 10:00:00 mx1 klms[{huge}]: clean: size={huge}: rules=18446744073709551616\n"
+                   f"<13>1 2026-11-23T10:00:00Z mx1 klms {huge} - - clean: size={'9' * 5000}\n"
+                   "<13>1 2026-11-23T10:00:00Z mx1 klms \u00b2 - - clean: size=18446744073709551615\n")
+    for schema in ("klms", "ecs"):
+        run = subprocess.run([sys.executable, "-m", "mailowl.cli", "logs", "parse", "--schema", schema, str(log)],
+                             capture_output=True, check=True)
+        docs = [json.loads(line) for line in run.stdout.splitlines()]
+        assert len(docs) == 3, run.stderr
+        if schema == "klms":
+            assert docs[0]["pid"] == huge and docs[0]["size"] == huge and docs[0]["rules"] == "18446744073709551616"
+            assert docs[1]["pid"] == huge and docs[1]["size"] == "9" * 5000
+            assert "pid" not in docs[2] and docs[2]["size"] == 2**64 - 1
+
+
+GOOD_PREFIXES = st.sampled_from(["", "Nov 23 10:00:00 mx1 klms[123]: ", "<22>Nov  3 01:02:03 mx.example.org mailowl: ",
+                                 'Nov 03 10:00:00 m"x\\y k\\l"[007]: ', "<13>Nov 23 10:00:00 mx1 klms[" + "9" * 25 + "]: "])
+
+
+@settings(max_examples=500, deadline=None)
+@given(GOOD_PREFIXES, st.lists(st.sampled_from(KEYS), unique=True, min_size=1), st.data(),
+       st.lists(st.tuples(TEXT, st.lists(st.sampled_from(KEYS[9:]), unique=True, max_size=4)), max_size=3),
+       st.sampled_from(["clean", "not clean", "x\x01\x7fü€\U0001f600\\"]))
+def test_block_writer_writes_verdict_lines_itself(prefix: str, keys: list[str], data: st.DataObject,
+                                                  parts: list[tuple[str, list[str]]], status: str) -> None:
+    """Lines as mailowl and KLMS write them never need the fallback, whatever their values hold."""
+    def field(key: str) -> tuple[str, object]:
+        if key in ("size", "rules"):
+            return key, data.draw(st.one_of(st.integers(0, 2**64 - 1), st.integers(2**64, 2**80), DIGITS))
+        if key in ("rcpt-to", "threats"):
+            return key, data.draw(st.lists(TEXT, max_size=4))
+        return key, data.draw(st.one_of(TEXT, st.just("")))
+
+    line = prefix + format_line(status, [field(key) for key in keys],
+                                [(name, [field(key) for key in part_keys]) for name, part_keys in parts])
+    got, left = _ndjson([line])
+    assert left == [] and got == _expected([line])

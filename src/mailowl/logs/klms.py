@@ -27,14 +27,28 @@ _STATUS = re.compile(r"([^:=\"]*?): (?=[A-Za-z][A-Za-z0-9_-]*=)")
 _ESCAPE = re.compile(r"\\(.)", re.S)
 
 try:  # the same tokenizer in C, built at install time where a compiler is available
+    from mailowl.logs._klmsfast import ndjson as _fast_ndjson
     from mailowl.logs._klmsfast import parse_body as _fast
     from mailowl.logs._klmsfast import parse_line as _fast_line
 except ImportError:  # pragma: no cover
-    _fast = _fast_line = None
+    _fast = _fast_line = _fast_ndjson = None
 
 INT_FIELDS = {"size", "rules"}
 LIST_FIELDS = {"rcpt_to", "threats"}
 NULL_SENDER = "NULL_SENDER_RFC5321"
+# orjson writes integers up to 2**64 - 1 and refuses larger ones; a larger number in a log line stays the
+# string it was, so one hostile line cannot stop `mailowl logs parse` (_klmsfast.c decides the same)
+INT_MAX = 2**64 - 1
+
+
+def _number(digits: str) -> int | str:
+    """int(digits) when orjson can write it, else digits unchanged."""
+    # without its leading zeros first: int() refuses more than 4,300 digits, zeros included
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > 20:
+        return digits
+    value = int(significant)
+    return value if value <= INT_MAX else digits
 
 
 def _value(raw: str) -> str:
@@ -53,13 +67,14 @@ def split_prefix(line: str) -> tuple[dict[str, Any], str]:
     if match:
         prefix: dict[str, Any] = {"timestamp": match.group(1), "host": match.group(2), "program": match.group(3)}
         if match.group(4):
-            prefix["pid"] = int(match.group(4))
+            prefix["pid"] = _number(match.group(4))
         return prefix, line[match.end():]
     match = _PREFIX_5424.match(line)
     if match:
         prefix = {"timestamp": match.group(1), "host": match.group(2), "program": match.group(3)}
-        if match.group(4).isdigit():
-            prefix["pid"] = int(match.group(4))
+        # isdecimal, not isdigit: int() refuses "²", which isdigit accepts
+        if match.group(4).isdecimal():
+            prefix["pid"] = _number(match.group(4))
         return prefix, line[match.end():]
     return {}, line
 
@@ -105,7 +120,7 @@ def parse_body(rest: str) -> dict[str, Any] | None:
         name = key.replace("-", "_")
         text = _value(value)
         if name in INT_FIELDS and text.isascii() and text.isdigit() and "\\" not in value:
-            target[name] = int(text)
+            target[name] = _number(text)
         elif name in LIST_FIELDS:
             target[name] = [v for v in text.split(", ") if v] if text else []
         else:
@@ -240,6 +255,13 @@ def to_ndjson(source: BinaryIO, out: BinaryIO, ecs: bool = True) -> int:
     newline = orjson.OPT_APPEND_NEWLINE
     dumps, write, whole = orjson.dumps, out.write, _fast_line
     count = 0
+    if not ecs and _fast_ndjson is not None:
+        # the C module writes a block's documents itself; a dict per line and orjson were most of the time
+        block, fallback = _fast_ndjson, _dumps_line
+        for lines in line_blocks(source):
+            write(block(lines, fallback))
+            count += len(lines)
+        return count
     for lines in line_blocks(source):
         for line in lines:
             # the C whole-line parser straight away: a Python call per line is a tenth of the time
@@ -249,3 +271,8 @@ def to_ndjson(source: BinaryIO, out: BinaryIO, ecs: bool = True) -> int:
             write(dumps(to_ecs(doc) if ecs else doc, option=newline))
         count += len(lines)
     return count
+
+
+def _dumps_line(line: str) -> bytes:
+    """A line's klms document as _klmsfast.ndjson writes it, for the lines it leaves to Python."""
+    return orjson.dumps(parse(line), option=orjson.OPT_APPEND_NEWLINE)
