@@ -14,6 +14,49 @@
 
 static PyObject *SEPARATOR;  /* ", " */
 
+/* Field names as str objects made once: PyDict_SetItemString makes and interns a new str for every
+ * field of every line, which was a fifth of parse()'s time. The table is bounded, so a log full of made-up
+ * keys only stops filling it. */
+#define KEY_SLOTS 512
+#define KEY_LIMIT 384
+static struct {
+    char name[64];
+    PyObject *object;
+} KEY_CACHE[KEY_SLOTS];
+static int key_count;
+
+static PyObject *key_object(const char *name) {  /* a new reference */
+    size_t length = strlen(name), h = 2166136261u;
+    for (size_t j = 0; j < length; j++) h = (h ^ (unsigned char)name[j]) * 16777619u;
+    if (length < sizeof(KEY_CACHE[0].name)) {
+        for (size_t slot = h % KEY_SLOTS;; slot = (slot + 1) % KEY_SLOTS) {
+            if (KEY_CACHE[slot].object == NULL) {
+                if (key_count >= KEY_LIMIT) break;
+                PyObject *key = PyUnicode_InternFromString(name);
+                if (key == NULL) return NULL;
+                memcpy(KEY_CACHE[slot].name, name, length + 1);
+                KEY_CACHE[slot].object = key;
+                key_count++;
+                Py_INCREF(key);
+                return key;
+            }
+            if (strcmp(KEY_CACHE[slot].name, name) == 0) {
+                Py_INCREF(KEY_CACHE[slot].object);
+                return KEY_CACHE[slot].object;
+            }
+        }
+    }
+    return PyUnicode_InternFromString(name);
+}
+
+static int set_item(PyObject *dict, const char *name, PyObject *value) {
+    PyObject *key = key_object(name);
+    if (key == NULL) return -1;
+    int rc = PyDict_SetItem(dict, key, value);
+    Py_DECREF(key);
+    return rc;
+}
+
 static int is_key_start(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
 static int is_key_char(char c) {
     return is_key_start(c) || (c >= '0' && c <= '9') || c == '_' || c == '-';
@@ -123,7 +166,7 @@ static PyObject *fill(PyObject *doc, const char *s, Py_ssize_t n) {
     }
     PyObject *parts = NULL, *target = doc;
     PyObject *status = text(s, 0, i, 0);
-    if (status == NULL || PyDict_SetItemString(doc, "status_letter", status) < 0) goto error;
+    if (status == NULL || set_item(doc, "status_letter", status) < 0) goto error;
     Py_CLEAR(status);
     i += 2;
     char name[64];
@@ -134,7 +177,7 @@ static PyObject *fill(PyObject *doc, const char *s, Py_ssize_t n) {
             PyObject *part = PyDict_New();
             if (part == NULL) goto error;
             PyObject *pname = text(s, i + 6, end - 1, 1);
-            if (pname == NULL || PyDict_SetItemString(part, "name", pname) < 0) { Py_XDECREF(pname); Py_DECREF(part); goto error; }
+            if (pname == NULL || set_item(part, "name", pname) < 0) { Py_XDECREF(pname); Py_DECREF(part); goto error; }
             Py_DECREF(pname);
             if (parts == NULL && (parts = PyList_New(0)) == NULL) { Py_DECREF(part); goto error; }
             if (PyList_Append(parts, part) < 0) { Py_DECREF(part); goto error; }
@@ -161,7 +204,7 @@ static PyObject *fill(PyObject *doc, const char *s, Py_ssize_t n) {
                 end = b;
             }
             PyObject *value = value_object(name, s, a, b, quoted);
-            if (value == NULL || PyDict_SetItemString(target, name, value) < 0) { Py_XDECREF(value); goto error; }
+            if (value == NULL || set_item(target, name, value) < 0) { Py_XDECREF(value); goto error; }
             Py_DECREF(value);
             i = end;
         }
@@ -169,14 +212,17 @@ static PyObject *fill(PyObject *doc, const char *s, Py_ssize_t n) {
         if (n - i < 2 || !((s[i] == ':' || s[i] == ',') && s[i + 1] == ' ')) goto invalid;
         i += 2;
     }
-    PyObject *from = PyDict_GetItemString(doc, "mail_from");  /* borrowed */
+    PyObject *from_key = key_object("mail_from");
+    if (from_key == NULL) goto error;
+    PyObject *from = PyDict_GetItem(doc, from_key);  /* borrowed */
+    Py_DECREF(from_key);
     if (from != NULL && PyUnicode_Check(from) && PyUnicode_GET_LENGTH(from) == 0) {
-        PyObject *null_sender = PyUnicode_FromString("NULL_SENDER_RFC5321");
-        if (null_sender == NULL || PyDict_SetItemString(doc, "mail_from", null_sender) < 0) { Py_XDECREF(null_sender); goto error; }
+        PyObject *null_sender = key_object("NULL_SENDER_RFC5321");  /* made once, like the keys */
+        if (null_sender == NULL || set_item(doc, "mail_from", null_sender) < 0) { Py_XDECREF(null_sender); goto error; }
         Py_DECREF(null_sender);
     }
     if (parts != NULL) {
-        if (PyDict_SetItemString(doc, "part", parts) < 0) goto error;
+        if (set_item(doc, "part", parts) < 0) goto error;
         Py_DECREF(parts);
     }
     return doc;
@@ -208,7 +254,7 @@ static int is_digit(char c) { return c >= '0' && c <= '9'; }
 static int set_text(PyObject *doc, const char *key, const char *s, Py_ssize_t a, Py_ssize_t b) {
     PyObject *value = PyUnicode_DecodeUTF8(s + a, b - a, "surrogateescape");
     if (value == NULL) return -1;
-    int rc = PyDict_SetItemString(doc, key, value);
+    int rc = set_item(doc, key, value);
     Py_DECREF(value);
     return rc;
 }
@@ -280,7 +326,7 @@ static PyObject *parse_line(PyObject *Py_UNUSED(self), PyObject *arg) {
             Py_ssize_t start = p.pid_a;
             PyObject *pid = in_range(s, &start, p.pid_b) ? number(s, start, p.pid_b)
                                                            : PyUnicode_DecodeUTF8(s + p.pid_a, p.pid_b - p.pid_a, "strict");
-            if (pid == NULL || PyDict_SetItemString(doc, "pid", pid) < 0) { Py_XDECREF(pid); Py_DECREF(doc); return NULL; }
+            if (pid == NULL || set_item(doc, "pid", pid) < 0) { Py_XDECREF(pid); Py_DECREF(doc); return NULL; }
             Py_DECREF(pid);
         }
     }
