@@ -129,10 +129,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.loop.call_later(_GRACE, self._confirm_time_out, self._last_read)
 
     def _confirm_time_out(self, last_read: float) -> None:
-        if not self._reading or self.transport.is_closing() or self._deadline is not None:
+        if not self._reading or self.transport.is_closing():
             return
-        if self._last_read != last_read:
-            self._check_deadline()
+        # a read during the grace may have armed a new timer: it must not extend the headers' deadline,
+        # which counts from their first byte (else a client trickling in step with the timer stays for ever)
+        self._cancel_deadline()
+        if self._headers_done and self._last_read != last_read:
+            self._check_deadline()  # the body moved on: not a stall
             return
         self._time_out()
 
