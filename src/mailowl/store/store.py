@@ -593,13 +593,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any, synchronous: str = "NORMAL") 
     cursor.close()
 
 
+_FACT_LIMITS = [(k, getattr(jobs.c[k].type, "length", None) or 0) for k in _FACT_COLUMNS]
+
+
 def _row(job: Job, run: str | None) -> dict[str, Any]:
-    row = {k: job.facts.get(k) for k in _FACT_COLUMNS}
-    for key, value in row.items():
+    facts = job.facts
+    row = {}
+    for key, limit in _FACT_LIMITS:
+        value = facts.get(key)
         # declared names and types come from senders: never let one overflow a column and stall writes
-        limit = getattr(jobs.c[key].type, "length", None)
         if limit and isinstance(value, str) and len(value) > limit:
-            row[key] = value[:limit]
+            value = value[:limit]
+        row[key] = value
     row.update(
         state=job.state, result=job.result.name if job.result is not None else None,
         reason=job.reason, rule_results=orjson.dumps([r.as_dict() for r in job.rules]).decode() if job.rules else None,
