@@ -52,6 +52,9 @@ class Postfix:
         _postconf(self.etc, "-F", "*/*/chroot = n")
         shutil.chown(root / "data", "postfix")
         subprocess.run(["postfix", "-c", str(self.etc), "check"], check=True, capture_output=True)
+        self._start()
+
+    def _start(self) -> None:
         subprocess.run(["postfix", "-c", str(self.etc), "start"], check=True, capture_output=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -60,7 +63,7 @@ class Postfix:
                     return
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"postfix {name} did not start: {self.log.read_text() if self.log.exists() else ''}")
+        raise RuntimeError(f"postfix {self.name} did not start: {self.log.read_text() if self.log.exists() else ''}")
 
     def flush(self) -> None:
         subprocess.run(["postqueue", "-c", str(self.etc), "-f"], check=True, capture_output=True)
@@ -93,15 +96,7 @@ class Postfix:
         subprocess.run(["postfix", "-c", str(self.etc), "stop"], check=True, capture_output=True)
 
     def resume(self) -> None:
-        subprocess.run(["postfix", "-c", str(self.etc), "start"], check=True, capture_output=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"postfix {self.name} did not start again: {self.log.read_text()}")
+        self._start()
 
     def reload(self) -> None:
         """Re-reads main.cf and lookup tables such as texthash maps."""
