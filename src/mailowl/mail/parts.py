@@ -2,7 +2,8 @@
 filter, ``mail inspect``), whose parts are exactly those the standard ``email`` package finds.
 
 The message is read from a file (or bytes) line by line as ``email``'s feed parser reads it (mailowl.mail.lines);
-header blocks are parsed by ``email`` itself; leaf bodies are never held whole: they are walked past by offset,
+header blocks become ``email`` messages through ``email``'s own policy and header classes; leaf bodies are
+never held whole: they are walked past by offset,
 then decoded in pieces into spooled files (mailowl.mail.decode). Every limit is a budget for the whole message;
 hitting one stops the walk and marks the extraction incomplete, so the message is judged unparsable.
 
