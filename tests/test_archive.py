@@ -154,23 +154,18 @@ def random_bytes(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-def test_unpacked_size_is_one_budget_across_nesting_levels() -> None:
-    # each inner zip alone is within max_total_size; together they are not
-    inner = [make_zip({f"r{i}.bin": random_bytes(300_000, i)}) for i in range(4)]
+@pytest.mark.parametrize(("inner", "limit", "reason"), [
+    # each inner zip alone is within the limit; together they are not
+    ([make_zip({f"r{i}.bin": random_bytes(300_000, i)}) for i in range(4)], {"max_total_size": 1_000_000},
+     "unpacked size exceeds 1000000 bytes in all nested archives together"),
+    ([make_zip({f"{j}.txt": f"note {i}-{j}".encode() for j in range(5)}) for i in range(3)], {"max_members": 10},
+     "more than 10 members in all nested archives together"),
+], ids=["unpacked-size", "member-count"])
+def test_limits_are_one_budget_across_nesting_levels(inner: list[bytes], limit: dict[str, int], reason: str) -> None:
     outer = make_zip({f"inner{i}.zip": data for i, data in enumerate(inner)})
-    eng = engine(RULES, expressions=BAT_IS_BAD, archive={"max_total_size": 1_000_000})
-    verdict = run(eng, outer, "outer.zip")
+    verdict = run(engine(RULES, expressions=BAT_IS_BAD, archive=limit), outer, "outer.zip")
     assert verdict.result is Result.bad, verdict
-    assert "unpacked size exceeds 1000000 bytes in all nested archives together" in verdict.reason
-
-
-def test_member_count_is_one_budget_across_nesting_levels() -> None:
-    inner = [make_zip({f"{j}.txt": f"note {i}-{j}".encode() for j in range(5)}) for i in range(3)]
-    outer = make_zip({f"inner{i}.zip": data for i, data in enumerate(inner)})
-    eng = engine(RULES, expressions=BAT_IS_BAD, archive={"max_members": 10})
-    verdict = run(eng, outer, "outer.zip")
-    assert verdict.result is Result.bad, verdict
-    assert "more than 10 members in all nested archives together" in verdict.reason
+    assert reason in verdict.reason
 
 
 def test_ratio_counts_many_small_members() -> None:
