@@ -210,3 +210,60 @@ async def test_a_job_that_cannot_be_committed_gets_no_id(sqlite_store: Store) ->
         await conn.execute(text("DROP TRIGGER refuse"))
     again = await store.new_job(Sample(b"stored again").facts())  # the writer carries on
     assert again.id > kept.id
+
+
+async def test_upgrade_from_0003_keeps_verdicts_and_finds_them_by_identity(store_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mailowl.store.migrate import alembic_config
+
+    engine = create_async_engine(store_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0003"))
+            facts = Sample(b"judged before the upgrade", "old.bin").facts()
+            now = datetime.now(UTC)
+            await conn.execute(jobs.insert().values(
+                **{k: facts[k] for k in ("identity", "sha256", "size", "filename")},
+                state="done", result="bad", reason="judged by 0003", created_at=now, finished_at=now))
+    finally:
+        await engine.dispose()
+    store = Store(store_url)
+    await store.open()
+    try:
+        assert store.engine is not None
+        async with store.engine.connect() as conn:
+            indexes = await conn.run_sync(lambda c: {i["name"]: i["column_names"]
+                                                     for i in inspect(c).get_indexes("jobs")})
+        assert indexes.get("ix_jobs_identity") == ["identity"] and "ix_jobs_identity_finished" not in indexes
+        journal = await store.journal(facts["identity"])
+        assert journal.result is Result.bad and journal.known
+    finally:
+        await store.close()
+
+
+async def test_sqlite_checkpoints_happen_off_the_event_loop_and_keep_the_wal_small(tmp_path: Path) -> None:
+    """The writer commits on the event loop and must not stall on a checkpoint's fsyncs: its connection
+    never checkpoints on commit; the writer runs checkpoints in a thread between commits, and they must still
+    let the WAL start over, so it stays small under steady writes."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
+    await store.open()
+    try:
+        assert store._sqlite is not None and store._checkpoints is not None
+        assert store._sqlite.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for round_ in range(100):
+            jobs_ = [store.add_job(Sample(f"row {round_} {i}".encode() * 20, f"{i}.bin").facts()) for i in range(40)]
+            for job in jobs_:
+                await store.committed(job)
+                finish(store, job, Result.unknown)
+            await store.flush()
+        # 4,000 jobs written twice: without checkpoints the WAL passes 20 MB
+        assert (tmp_path / "store.db-wal").stat().st_size <= 4 * 2**20
+    finally:
+        await store.close()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        assert db.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0] == 4000

@@ -31,7 +31,7 @@ jobs = Table(
     Column("finished_at", DateTime(timezone=True)),
     #: the process that created the job ("host pid start-ticks"): only a dead run's pending jobs are abandoned
     Column("run", String(128)),
-    Index("ix_jobs_identity_finished", "identity", "finished_at"),
+    Index("ix_jobs_identity", "identity"),
     Index("ix_jobs_created", "created_at"),
     sqlite_autoincrement=True,
 )

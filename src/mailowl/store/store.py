@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from mailowl.analysis.known import JournalEntry, KnownReport, append_compact
 from mailowl.results import Result, RuleResult
 from mailowl.store.bloom import IdentityBloom
+from mailowl.store.checkpoint import Checkpoints
 from mailowl.store.jobs import DONE, PENDING, Job
 from mailowl.store.migrate import upgrade
 from mailowl.store.models import jobs, messages
@@ -106,6 +107,7 @@ class Store:
         self._seen: IdentityBloom | None = None
         #: SQLite only: the writer's own plain connection (a group commit is a few driver calls)
         self._sqlite: sqlite3.Connection | None = None
+        self._checkpoints: Checkpoints | None = None
 
     # life cycle -----------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -128,6 +130,8 @@ class Store:
                 self._sqlite = sqlite3.connect(url.database or ":memory:", timeout=30, isolation_level=None,
                                                check_same_thread=False)
                 pragmas(self._sqlite, None)
+                if url.database and url.database != ":memory:":
+                    self._checkpoints = Checkpoints(url.database, self._sqlite)
         except Exception as exc:
             await engine.dispose()
             raise StoreError(f"store {url.render_as_string(hide_password=True)}: {exc}") from exc
@@ -156,6 +160,8 @@ class Store:
                     await task
         if self.engine is not None:
             await self.engine.dispose()
+        if self._checkpoints is not None:
+            await asyncio.to_thread(self._checkpoints.stop)
         if self._sqlite is not None:
             self._sqlite.close()
 
@@ -288,6 +294,8 @@ class Store:
             finally:
                 self._writing = False
             self._flushed.set()
+            if self._checkpoints is not None:
+                self._checkpoints.committed(len(inserts) + len(updates) + len(msgs))
 
     async def _gather(self) -> None:
         """A commit on the event loop leaves no time in which the next group could form: let the requests
