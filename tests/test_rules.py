@@ -137,7 +137,7 @@ def test_expression_errors_stop_startup_with_position() -> None:
 
 
 def test_a_failing_rule_gives_failed_never_bad() -> None:
-    eng = engine(["expressions", "final_rule"], expressions={"expression": ["sample.file_size < 'x' -> bad"]})
+    eng = engine(["expressions", "final_rule"], expressions={"expression": ["sample.file_size > 5 and sample.file_size < 'x' -> bad"]})
     v = run(eng, b"content")
     assert v.result is Result.failed
     assert "Rule 'expressions' aborted with error" in v.reason and "expression (0)" in v.reason

@@ -90,7 +90,7 @@ def test_dropins_extend_and_clear_lists(tmp_path: Path) -> None:
     (("bytes : 5", "bytes : 5\nmegabytes : 1"), "[file_larger_than]: unknown option(s) megabytes"),
     (("bytes : 5", "bytes : five"), "[file_larger_than] bytes: expected a whole number"),
     (("rule.1  : known", "rule.1  : cuckoo_score"), "rule 'cuckoo_score' cannot be enabled: Cuckoo"),
-    (("'bat', 'exe'} -> bad", "'bat', 'exe'} -> worse"), "unknown identifier 'worse'"),
+    (("'bat', 'exe'} -> bad", "'bat', 'exe'} or worse -> bad"), "unknown identifier 'worse'"),
     (("expression.5  : sample.file_extension", "expression.5  : sample.extension"),
      "unknown attribute 'extension' of 'sample'"),
     (("whitelist.1 : text/plain\nwhitelist.3 : inode/x-empty", "whitelist : text/plain"), "whitelist"),

@@ -1,5 +1,5 @@
-"""PeekabooAV's rule expression language: parsed with a grammar, evaluated by walking the tree."""
+"""PeekabooAV's rule expression language: parsed by a parser of its own, evaluated by walking the tree."""
 
-from mailowl.expr.evaluate import Expression, ExpressionError, compile_expression
+from mailowl.expr.evaluate import DIALECTS, Expression, ExpressionError, compile_expression, load
 
-__all__ = ["Expression", "ExpressionError", "compile_expression"]
+__all__ = ["DIALECTS", "Expression", "ExpressionError", "compile_expression", "load"]

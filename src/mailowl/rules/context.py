@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from mailowl.analysis import ANALYZERS, activity
+from mailowl.analysis import ANALYZERS, activity, filetype, ole, pe  # noqa: F401 (importing registers analysers)
 from mailowl.analysis.archive import Budget, unpack
 from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
 from mailowl.analysis.yara import yara_report
+from mailowl.expr.evaluate import fact
+from mailowl.expr.schema import REPORTS, to_json
 
 if TYPE_CHECKING:
     from mailowl.rules.engine import Engine
@@ -28,8 +30,12 @@ class SampleView:
         self.type_declared = sample.type_declared
         self.content_disposition = sample.content_disposition
         self.file_extension = sample.file_extension
-        self.file_size = sample.size
         self._sample = sample
+
+    @property
+    def file_size(self) -> int:
+        # computed on every read, as PeekabooAV does: `sample.file_size is sample.file_size` agrees too
+        return self._sample.size
 
     @property
     def sha256sum(self) -> str:
@@ -80,3 +86,12 @@ class AnalysisContext:
         if self.rule:
             activity.doing(f"rule {self.rule}")
         return value
+
+    def facts(self, names: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+        """What expressions can read about the sample, in the shape of ``mailowl expr eval --facts``:
+        the reports computed so far, and those named (computed now)."""
+        for name in names:
+            self.report(name)
+        reports = {"sample": SampleView(self.sample), **self.sample.reports}
+        return {name: {attr: to_json(fact(getattr(reports[name], attr))) for attr in sorted(attrs)}
+                for name, attrs in REPORTS.items() if name in reports}

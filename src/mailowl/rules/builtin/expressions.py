@@ -1,28 +1,11 @@
-from mailowl.analysis.archive import ArchiveReport
-from mailowl.analysis.filetype import FileReport
-from mailowl.analysis.known import KnownReport
-from mailowl.analysis.ole import OleReport
-from mailowl.analysis.pe import PeReport
-from mailowl.analysis.yara import YaraReport
-from mailowl.expr import ExpressionError, compile_expression
+import logging
+
+from mailowl.expr import DIALECTS, ExpressionError, load
 from mailowl.results import Result, RuleResult
 from mailowl.rules import Option, Rule, RulesetError, rule
-from mailowl.rules.context import AnalysisContext, SampleView
+from mailowl.rules.context import AnalysisContext
 
-#: identifier -> attributes an expression may read
-SCHEMA: dict[str, frozenset[str] | None] = {
-    "sample": SampleView.FIELDS,
-    "filereport": FileReport.FIELDS,
-    "olereport": OleReport.FIELDS,
-    "knownreport": KnownReport.FIELDS,
-    "pereport": PeReport.FIELDS,
-    "yarareport": YaraReport.FIELDS,
-    "archivereport": ArchiveReport.FIELDS,
-}
-_UNSUPPORTED = {
-    "cuckooreport": "Cuckoo is not supported by mailowl; use yara, pe or archive reports instead",
-    "cortexreport": "the Cortex backend is not configured in this build of mailowl",
-}
+log = logging.getLogger(__name__)
 
 
 class ExpressionFailed(RuntimeError):
@@ -34,18 +17,21 @@ class Expressions(Rule):
     """The first expression whose condition holds decides; none holding lets analysis continue."""
 
     name = "expressions"
-    options = {"expression": Option("list", required=True), "log_level": Option("str", "WARNING")}
+    options = {"expression": Option("list", required=True), "log_level": Option("str", "WARNING"),
+               "dialect": Option("str", "peekaboo")}
 
     def setup(self) -> None:
+        dialect = self.config["dialect"]
+        if dialect not in DIALECTS:
+            raise RulesetError(f"[expressions] dialect: expected one of {', '.join(DIALECTS)}, got {dialect!r}")
         self.expressions = []
         for index, text in enumerate(self.config["expression"]):
             try:
-                expression = compile_expression(text, SCHEMA | {k: None for k in _UNSUPPORTED})
+                expression = load(text, dialect)
             except ExpressionError as exc:
                 raise RulesetError(f"[expressions] expression ({index}) {text!r}: {exc}") from None
-            for identifier in expression.identifiers & set(_UNSUPPORTED):
-                raise RulesetError(f"[expressions] expression ({index}) {text!r}: '{identifier}': "
-                                   f"{_UNSUPPORTED[identifier]}")
+            for warning in expression.warnings:
+                log.warning("[expressions] expression (%d) %r: %s", index, text, warning)
             self.expressions.append(expression)
 
     def evaluate(self, ctx: AnalysisContext) -> RuleResult:

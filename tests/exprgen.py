@@ -1,0 +1,263 @@
+"""Seeded generator of expression/fact cases for the differential test against PeekabooAV 2.1.
+
+Expressions are built from typed pieces (strings, numbers, booleans, lists, sets, results, regexes) so
+that most of them evaluate to something rather than fail on the first operator, with a share of
+mismatched types, PeekabooAV's odd forms and unknown names mixed in. Every operator, literal kind,
+escape and attribute of PeekabooAV's reports occurs; layout (spaces, newlines, tabs) varies too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+ATTRIBUTES: dict[str, dict[str, str]] = {
+    "sample": {"filename": "str", "name_declared": "str", "type_declared": "str", "content_disposition": "str",
+               "file_extension": "str", "file_size": "int", "sha256sum": "str"},
+    "filereport": {"type_by_content": "str", "type_by_name": "str", "type_as_text": "str", "mime_types": "set"},
+    "olereport": {"has_office_macros": "bool", "vba_code": "str", "has_autoexec": "bool", "detected_autoexec": "str",
+                  "is_suspicious": "bool", "detected_suspicious": "str"},
+    "knownreport": {"known": "bool", "last_result": "result", "result": "result", "worst_result": "result",
+                    "first": "int", "last": "int"},
+}
+RESULTS = ["bad", "fail", "good", "ignore", "unknown"]
+RESULT_NAMES = ["unchecked", "unknown", "ignored", "good", "failed", "bad"]
+WORDS = ["exe", "xe", "doc", "docx", "MS-DOS executable", "application/x-dosexec", "text/plain", "PE32", "a.exe",
+         "inline", "attachment", "", "a", "AutoOpen", "[]", "smime.p7s", "x y", "e"]
+REGEXES = ["exe", "^exe$", "doc", "PE32", "^MS-DOS", "e.e", "\\\\.exe$", "\\.exe", "[a-z]+", "", "x\\/y", "text/.*",
+           "application/x-.*", "smime.p7[mcs]", "Auto(Open|Close)", ".*", "MZ", "\\\\d", "a|b", "(?i)EXE"]
+ESCAPED = ["\\n", "\\t", "\\\\n", "\\\\t", "\\\\", "\\'", '\\"', "\\.", "\\x", "\\r", "\\f", "\t"]
+
+
+def _profiles() -> list[dict[str, Any]]:
+    exe = {
+        "sample": {"filename": "a.exe", "name_declared": "a.exe", "type_declared": "application/octet-stream",
+                   "content_disposition": "attachment", "file_extension": "exe", "file_size": 1000,
+                   "sha256sum": "9f" * 32},
+        "filereport": {"type_by_content": "application/x-dosexec", "type_by_name": "application/x-msdownload",
+                       "type_as_text": "MS-DOS executable, MZ for MS-DOS",
+                       "mime_types": ["application/x-dosexec", "application/x-msdownload"]},
+        "olereport": {"has_office_macros": False, "vba_code": "", "has_autoexec": False, "detected_autoexec": "[]",
+                      "is_suspicious": False, "detected_suspicious": "[]"},
+        "knownreport": {"known": False, "last_result": "unknown", "result": "unknown", "worst_result": "unchecked",
+                        "first": 0, "last": 0},
+    }
+    doc = {
+        "sample": {"filename": "invoice.docm", "name_declared": "invoice.docm",
+                   "type_declared": "application/vnd.ms-word.document.macroEnabled.12", "content_disposition": None,
+                   "file_extension": "docm", "file_size": 23456, "sha256sum": "ab" * 32},
+        "filereport": {"type_by_content": "application/vnd.ms-word.document.macroEnabled.12",
+                       "type_by_name": "application/vnd.ms-word.document.macroEnabled.12",
+                       "type_as_text": "Microsoft Word 2007+",
+                       "mime_types": ["application/vnd.ms-word.document.macroEnabled.12"]},
+        "olereport": {"has_office_macros": True, "vba_code": "Sub AutoOpen()\n  Shell \"calc\"\nEnd Sub",
+                      "has_autoexec": True, "detected_autoexec": "[('AutoOpen', 'Runs when the Word document is opened')]",
+                      "is_suspicious": True, "detected_suspicious": "[('Shell', 'May run an executable file')]"},
+        "knownreport": {"known": True, "last_result": "bad", "result": "bad", "worst_result": "bad",
+                        "first": 3, "last": 1},
+    }
+    text = {
+        "sample": {"filename": "notes.txt", "name_declared": "notes.txt", "type_declared": "text/plain",
+                   "content_disposition": "inline", "file_extension": "txt", "file_size": 5, "sha256sum": "01" * 32},
+        "filereport": {"type_by_content": "text/plain", "type_by_name": "text/plain", "type_as_text": "ASCII text",
+                       "mime_types": ["text/plain"]},
+        "olereport": {"has_office_macros": False, "vba_code": "", "has_autoexec": False, "detected_autoexec": "[]",
+                      "is_suspicious": False, "detected_suspicious": "[]"},
+        "knownreport": {"known": True, "last_result": "good", "result": "good", "worst_result": "ignored",
+                        "first": 400, "last": 300},
+    }
+    nameless = {
+        "sample": {"filename": None, "name_declared": None, "type_declared": None, "content_disposition": None,
+                   "file_extension": None, "file_size": 0, "sha256sum": "e3" * 32},
+        "filereport": {"type_by_content": "application/x-empty", "type_by_name": None, "type_as_text": "empty",
+                       "mime_types": ["application/x-empty"]},
+        "olereport": {"has_office_macros": False, "vba_code": "", "has_autoexec": False, "detected_autoexec": "[]",
+                      "is_suspicious": False, "detected_suspicious": "[]"},
+        "knownreport": {"known": False, "last_result": "unknown", "result": "unknown", "worst_result": "unchecked",
+                        "first": 0, "last": 0},
+    }
+    return [exe, doc, text, nameless]
+
+
+PROFILES = _profiles()
+
+
+class Generator:
+    def __init__(self, seed: int) -> None:
+        self.r = random.Random(seed)
+
+    def pick(self, items: list[Any]) -> Any:
+        return self.r.choice(items)
+
+    def chance(self, p: float) -> bool:
+        return self.r.random() < p
+
+    # literals
+    def string(self) -> str:
+        body = self.pick(WORDS)
+        if self.chance(0.25):
+            cut = self.r.randint(0, len(body))
+            body = body[:cut] + self.pick(ESCAPED) + body[cut:]
+        quote = self.pick(["'", '"'])
+        return quote + body + quote
+
+    def regex(self) -> str:
+        body = self.pick(REGEXES)
+        if self.chance(0.1):
+            body += self.pick(["\\n", "\\t", "\t", "\\\\"])
+        return f"/{body}/"
+
+    def int_literal(self) -> str:
+        return str(self.pick([0, 1, 2, 3, 5, 7, 14, 256, 257, 1000, 4096, 10**20]))
+
+    def real(self) -> str:
+        return self.pick(["0.5", "1.0", "2.5", "3.14", "0.0", "1000.0"])
+
+    def attribute(self, kind: str | None = None) -> str:
+        choices = [(report, name) for report, attrs in ATTRIBUTES.items() for name, k in attrs.items()
+                   if kind is None or k == kind]
+        report, name = self.pick(choices)
+        if self.chance(0.05):
+            return self.pick([f"({report}).{name}", f"{report} . {name}", f"({report}.{name})", f"{report}.({name})"])
+        return f"{report}.{name}"
+
+    # typed expressions
+    def of(self, kind: str, depth: int) -> str:
+        maker: Callable[[int], str] = getattr(self, f"_{kind}")
+        return maker(depth)
+
+    def any(self, depth: int) -> str:
+        return self.of(self.pick(["str", "int", "bool", "list", "set", "result", "regex", "num", "none"]), depth)
+
+    def _none(self, depth: int) -> str:
+        return "None"
+
+    def _str(self, depth: int) -> str:
+        if depth > 2 or self.chance(0.5):
+            return self.string() if self.chance(0.5) else self.attribute("str")
+        left = self._str(depth + 1)
+        return self.pick([f"{left} + {self._str(depth + 1)}", f"{left} * {self._int(depth + 1)}",
+                          f"'%s' % {self.any(depth + 1)}", f"'x%sy' % {self._str(depth + 1)}", f"({left})",
+                          f"{self.attribute('str')}.upper" if self.chance(0.1) else left])
+
+    def _int(self, depth: int) -> str:
+        if depth > 2 or self.chance(0.45):
+            return self.int_literal() if self.chance(0.5) else self.attribute("int")
+        op = self.pick(["+", "-", "*", "//", "%", "**", "<<", ">>", "&", "|", "^", "/"])
+        if op in ("**", "<<"):
+            return f"{self._int(depth + 1)} {op} {self.pick(['0', '1', '2', '3'])}"
+        if self.chance(0.2):
+            return f"{self.pick(['-', '+', '~', '- -'])}{self._int(depth + 1)}"
+        return f"{self._int(depth + 1)} {op} {self._int(depth + 1)}"
+
+    def _num(self, depth: int) -> str:
+        return self.pick([self.real(), f"{self._int(depth + 1)} / {self.pick(['2', '3', '0.5'])}",
+                          f"{self.real()} * {self._int(depth + 1)}", "sample.file_size.real"])
+
+    def _regex(self, depth: int) -> str:
+        return self.regex()
+
+    def _result(self, depth: int) -> str:
+        if self.chance(0.6):
+            return self.pick(RESULTS)
+        return self.attribute("result") + (".name" if self.chance(0.1) else "")
+
+    def _list(self, depth: int) -> str:
+        if depth > 2 or self.chance(0.6):
+            items = [self.pick([self.string, self.regex, self.int_literal, lambda: self.attribute("str"),
+                                lambda: self.pick(RESULTS + ["None", "True", "False"])])()
+                     for _ in range(self.r.randint(0, 3))]
+            return "[" + ", ".join(items) + "]"
+        return self.pick([f"{self._list(depth + 1)} + {self.pick([self._list, self._str, self._set])(depth + 1)}",
+                          f"{self._list(depth + 1)} * {self.pick(['0', '2'])}"])
+
+    def _set(self, depth: int) -> str:
+        if depth > 2 or self.chance(0.6):
+            if self.chance(0.6):
+                items = [self.pick([self.string, self.int_literal, lambda: self.attribute("str"),
+                                    lambda: self.pick(RESULTS + ["None", "True"])])()
+                         for _ in range(self.r.randint(0, 3))]
+                if self.chance(0.03):
+                    items.append(self.regex())
+                return "{" + ", ".join(items) + "}"
+            return self.attribute("set")
+        return f"{self._set(depth + 1)} {self.pick(['|', '&', '-', '^'])} {self._set(depth + 1)}"
+
+    def comparison(self, depth: int) -> str:
+        op = self.pick(["==", "!=", "<", "<=", ">", ">=", "in", "not in", "is", "is not", "isdisjoint"])
+        kinds = {"in": ["str", "regex", "list"], "not in": ["str", "regex"], "isdisjoint": ["set", "list"],
+                 "is": ["none", "bool", "result"], "is not": ["none", "result"]}.get(op, [])
+        left = self.of(self.pick(kinds), depth + 1) if kinds and self.chance(0.7) else self.any(depth + 1)
+        right_kind = {"in": ["str", "list", "set", "regex", "none"], "not in": ["str", "list", "set", "none"],
+                      "isdisjoint": ["set", "list"]}.get(op, ["str", "regex", "int", "list", "set", "result", "none"])
+        right = self.of(self.pick(right_kind), depth + 1)
+        text = f"{left} {op} {right}"
+        if self.chance(0.1):
+            text += f" {self.pick(['==', '<', '<=', '!=', 'in'])} {self.any(depth + 1)}"
+        return text
+
+    def _bool(self, depth: int) -> str:
+        if depth > 3 or self.chance(0.2):
+            return self.pick(["True", "False", self.attribute("bool"), self.attribute("bool")])
+        choice = self.r.random()
+        if choice < 0.45:
+            return self.comparison(depth)
+        if choice < 0.6:
+            return f"not {self._bool(depth + 1)}"
+        if choice < 0.85:
+            joined = f" {self.pick(['and', 'or'])} ".join(self._bool(depth + 1) for _ in range(self.r.randint(2, 3)))
+            return f"({joined})" if self.chance(0.3) else joined
+        return self.pick([f"({self._bool(depth + 1)})", self.any(depth + 1), self.odd()])
+
+    def odd(self) -> str:
+        """Forms PeekabooAV accepts that a stricter parser would not, and names that do not exist."""
+        return self.pick(["filereport", "sample", "(sample).filename", "not", "in", "and", "(True)", "nosuchreport",
+                          "sample.nosuch", "sample.(file_size)", "sample.(a.b)", "knownreport.result.value",
+                          "True or sample.nosuch", "False and nosuch.x", "+True is True", "good < good",
+                          "bad == 6", "{bad, 6} == {6, bad}", "[1] + 'ab' == [1, 'a', 'b']"])
+
+    def rhs(self) -> str:
+        return self.pick(RESULTS * 4 + ["knownreport.result", "knownreport.worst_result", "None", "5", "(bad)",
+                                        f"({self._bool(2)} -> bad)"])
+
+    def expression(self) -> str:
+        text = f"{self._bool(0)} -> {self.rhs()}"
+        if self.chance(0.05):
+            text = f"{self._bool(1)} -> {text}" if self.chance(0.5) else f"({text}) -> {self.rhs()}"
+        return self.layout(text)
+
+    def layout(self, text: str) -> str:
+        """Vary whitespace outside literals: none, newlines, tabs."""
+        if self.chance(0.7):
+            return text
+        out, quote = [], ""
+        for char in text:
+            if quote:
+                quote = "" if char == quote and out[-1] != "\\" else quote
+            elif char in "'\"/":
+                quote = char
+            elif char == " " and self.chance(0.3):
+                char = self.pick(["", "\n", "\t", "  ", "\n\t"])
+            out.append(char)
+        return "".join(out)
+
+    def facts(self) -> dict[str, Any]:
+        base = self.pick(PROFILES)
+        facts = {report: dict(values) for report, values in base.items()}
+        if self.chance(0.3):
+            report = self.pick(list(ATTRIBUTES))
+            name, kind = self.pick(list(ATTRIBUTES[report].items()))
+            facts[report][name] = self.pick({"str": [None, "", "exe", "MS-DOS executable", "a\tb", "a\nb"],
+                                             "int": [0, 5, 300], "bool": [True, False],
+                                             "set": [[], ["text/plain"], ["application/x-dosexec", "text/plain"]],
+                                             "result": RESULT_NAMES}[kind])
+        return facts
+
+    def case(self) -> dict[str, Any]:
+        return {"expression": self.expression(), "facts": self.facts()}
+
+
+def cases(seed: int, count: int) -> list[dict[str, Any]]:
+    generator = Generator(seed)
+    return [generator.case() for _ in range(count)]
