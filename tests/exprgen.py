@@ -8,8 +8,15 @@ escape and attribute of PeekabooAV's reports occurs; layout (spaces, newlines, t
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import random
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 ATTRIBUTES: dict[str, dict[str, str]] = {
@@ -30,57 +37,8 @@ REGEXES = ["exe", "^exe$", "doc", "PE32", "^MS-DOS", "e.e", "\\\\.exe$", "\\.exe
 ESCAPED = ["\\n", "\\t", "\\\\n", "\\\\t", "\\\\", "\\'", '\\"', "\\.", "\\x", "\\r", "\\f", "\t"]
 
 
-def _profiles() -> list[dict[str, Any]]:
-    exe = {
-        "sample": {"filename": "a.exe", "name_declared": "a.exe", "type_declared": "application/octet-stream",
-                   "content_disposition": "attachment", "file_extension": "exe", "file_size": 1000,
-                   "sha256sum": "9f" * 32},
-        "filereport": {"type_by_content": "application/x-dosexec", "type_by_name": "application/x-msdownload",
-                       "type_as_text": "MS-DOS executable, MZ for MS-DOS",
-                       "mime_types": ["application/x-dosexec", "application/x-msdownload"]},
-        "olereport": {"has_office_macros": False, "vba_code": "", "has_autoexec": False, "detected_autoexec": "[]",
-                      "is_suspicious": False, "detected_suspicious": "[]"},
-        "knownreport": {"known": False, "last_result": "unknown", "result": "unknown", "worst_result": "unchecked",
-                        "first": 0, "last": 0},
-    }
-    doc = {
-        "sample": {"filename": "invoice.docm", "name_declared": "invoice.docm",
-                   "type_declared": "application/vnd.ms-word.document.macroEnabled.12", "content_disposition": None,
-                   "file_extension": "docm", "file_size": 23456, "sha256sum": "ab" * 32},
-        "filereport": {"type_by_content": "application/vnd.ms-word.document.macroEnabled.12",
-                       "type_by_name": "application/vnd.ms-word.document.macroEnabled.12",
-                       "type_as_text": "Microsoft Word 2007+",
-                       "mime_types": ["application/vnd.ms-word.document.macroEnabled.12"]},
-        "olereport": {"has_office_macros": True, "vba_code": "Sub AutoOpen()\n  Shell \"calc\"\nEnd Sub",
-                      "has_autoexec": True, "detected_autoexec": "[('AutoOpen', 'Runs when the Word document is opened')]",
-                      "is_suspicious": True, "detected_suspicious": "[('Shell', 'May run an executable file')]"},
-        "knownreport": {"known": True, "last_result": "bad", "result": "bad", "worst_result": "bad",
-                        "first": 3, "last": 1},
-    }
-    text = {
-        "sample": {"filename": "notes.txt", "name_declared": "notes.txt", "type_declared": "text/plain",
-                   "content_disposition": "inline", "file_extension": "txt", "file_size": 5, "sha256sum": "01" * 32},
-        "filereport": {"type_by_content": "text/plain", "type_by_name": "text/plain", "type_as_text": "ASCII text",
-                       "mime_types": ["text/plain"]},
-        "olereport": {"has_office_macros": False, "vba_code": "", "has_autoexec": False, "detected_autoexec": "[]",
-                      "is_suspicious": False, "detected_suspicious": "[]"},
-        "knownreport": {"known": True, "last_result": "good", "result": "good", "worst_result": "ignored",
-                        "first": 400, "last": 300},
-    }
-    nameless = {
-        "sample": {"filename": None, "name_declared": None, "type_declared": None, "content_disposition": None,
-                   "file_extension": None, "file_size": 0, "sha256sum": "e3" * 32},
-        "filereport": {"type_by_content": "application/x-empty", "type_by_name": None, "type_as_text": "empty",
-                       "mime_types": ["application/x-empty"]},
-        "olereport": {"has_office_macros": False, "vba_code": "", "has_autoexec": False, "detected_autoexec": "[]",
-                      "is_suspicious": False, "detected_suspicious": "[]"},
-        "knownreport": {"known": False, "last_result": "unknown", "result": "unknown", "worst_result": "unchecked",
-                        "first": 0, "last": 0},
-    }
-    return [exe, doc, text, nameless]
-
-
-PROFILES = _profiles()
+#: the facts cases start from, by name (realistic: an executable, a macro document, a text file, no name)
+PROFILES: dict[str, dict[str, dict[str, Any]]] = json.loads((Path(__file__).parent / "data/expr/profiles.json").read_text())
 
 
 class Generator:
@@ -242,22 +200,123 @@ class Generator:
             out.append(char)
         return "".join(out)
 
-    def facts(self) -> dict[str, Any]:
-        base = self.pick(PROFILES)
-        facts = {report: dict(values) for report, values in base.items()}
+    def facts(self) -> tuple[str, dict[str, dict[str, Any]]]:
+        """A profile's name and the attributes changed from it."""
+        changes: dict[str, dict[str, Any]] = {}
         if self.chance(0.3):
             report = self.pick(list(ATTRIBUTES))
             name, kind = self.pick(list(ATTRIBUTES[report].items()))
-            facts[report][name] = self.pick({"str": [None, "", "exe", "MS-DOS executable", "a\tb", "a\nb"],
-                                             "int": [0, 5, 300], "bool": [True, False],
-                                             "set": [[], ["text/plain"], ["application/x-dosexec", "text/plain"]],
-                                             "result": RESULT_NAMES}[kind])
-        return facts
+            changes[report] = {name: self.pick({"str": [None, "", "exe", "MS-DOS executable", "a\tb", "a\nb"],
+                                                "int": [0, 5, 300], "bool": [True, False],
+                                                "set": [[], ["text/plain"], ["application/x-dosexec", "text/plain"]],
+                                                "result": RESULT_NAMES}[kind])}
+        return self.pick(sorted(PROFILES)), changes
 
     def case(self) -> dict[str, Any]:
-        return {"expression": self.expression(), "facts": self.facts()}
+        profile, changes = self.facts()
+        return {"expression": self.expression(), "profile": profile, "changes": changes}
+
+    def cases(self, count: int) -> list[dict[str, Any]]:
+        return [self.case() for _ in range(count)]
+
+
+def facts_of(case: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The full facts of a case given as a profile and changes."""
+    base = PROFILES[case["profile"]]
+    changes = case.get("changes", {})
+    return {report: {**values, **changes.get(report, {})} for report, values in base.items()}
 
 
 def cases(seed: int, count: int) -> list[dict[str, Any]]:
-    generator = Generator(seed)
-    return [generator.case() for _ in range(count)]
+    return Generator(seed).cases(count)
+
+
+# running both sides ---------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).parent.parent
+PEEKABOO_PYTHON = ROOT / ".venv-peekaboo" / "bin" / "python"
+DRIVER = Path(__file__).parent / "peekaboo_expr.py"
+CORPUS = Path(__file__).parent / "data" / "expr" / "corpus.jsonl"
+# Set iteration order follows string hashes, and PeekabooAV's outcome can depend on it (a regex tested
+# against a set with mixed members): both sides run with the same hash seed.
+ENV = {**os.environ, "PYTHONHASHSEED": "0"}
+#: mailowl refuses these at start-up although PeekabooAV starts with them (docs/rules.md says why)
+REFUSALS = ("a set cannot hold a regex", "is an internal of PeekabooAV", "nested more than")
+
+
+def _lines(cases: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps({"expression": c["expression"], "facts": facts_of(c) if "profile" in c else c["facts"]})
+                   + "\n" for c in cases)
+
+
+def run_peekaboo(cases: list[dict[str, Any]], processes: int = 2) -> list[str | None]:
+    """PeekabooAV's outcome of each case: "load", "failed", a result name or None."""
+    chunks = [cases[i::processes] for i in range(processes)]
+    with contextlib.ExitStack() as stack:  # files, not pipes: the processes run side by side, unblocked
+        procs = []
+        for chunk in chunks:
+            given, taken = (stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2))
+            given.write(_lines(chunk))
+            given.seek(0)
+            procs.append((subprocess.Popen([str(PEEKABOO_PYTHON), str(DRIVER)], stdin=given, stdout=taken,
+                                           text=True, env=ENV), taken))
+        answers = []
+        for proc, taken in procs:
+            if proc.wait(timeout=1800) != 0:
+                raise RuntimeError("the PeekabooAV driver failed")
+            taken.seek(0)
+            answers.append(taken.read().splitlines())
+    merged: list[str | None] = [None] * len(cases)
+    for index, lines in enumerate(answers):
+        for position, line in enumerate(lines):
+            answer = json.loads(line)
+            merged[index + position * processes] = (
+                "recursion" if "RecursionError" in (answer["error"] or "") else
+                "load" if answer["outcome"] == "load" else answer["result"])
+    return merged
+
+
+def run_mailowl(cases: list[dict[str, Any]], dialect: str = "peekaboo") -> list[dict[str, Any]]:
+    """mailowl's answers, from `mailowl expr eval --batch` as shipped."""
+    done = subprocess.run([sys.executable, "-m", "mailowl.cli", "expr", "eval", "--batch", "-", "--dialect", dialect],
+                          input=_lines(cases), capture_output=True, text=True, env=ENV, timeout=600, check=True)
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def differences(cases: list[dict[str, Any]], peekaboo: list[str | None],
+                answers: list[dict[str, Any]]) -> list[tuple[str, str | None, str | None, str | None]]:
+    """(expression, PeekabooAV's outcome, mailowl's, mailowl's error) of every silent difference."""
+    found = []
+    for case, theirs, answer in zip(cases, peekaboo, answers, strict=True):
+        ours = "load" if answer["phase"] == "load" else answer["result"]
+        if theirs == "recursion":  # PeekabooAV's parser ran out of stack: it refuses, mailowl may accept
+            continue
+        if ours == "load" and theirs != "load" and any(r in answer["error"] for r in REFUSALS):
+            continue  # refused at start-up with a reason, never silently different
+        if ours != theirs:
+            found.append((case["expression"], theirs, ours, answer["error"]))
+    return found
+
+
+def record(seeds: list[int], count: int, keep_load: float = 0.2) -> None:
+    """Append to the corpus the generated cases on which both sides agree, with PeekabooAV's outcome
+    (most start-up refusals are left out: they are many and alike)."""
+    picked = random.Random(0)
+    with CORPUS.open("a") as out:
+        for seed in seeds:
+            cases = Generator(seed).cases(count)
+            theirs = run_peekaboo(cases)
+            ours = run_mailowl(cases)
+            bad = {c[0] for c in differences(cases, theirs, ours)}
+            for case, outcome in zip(cases, theirs, strict=True):
+                if case["expression"] in bad or outcome == "recursion":
+                    continue
+                if outcome == "load" and picked.random() > keep_load:
+                    continue
+                out.write(json.dumps({**case, "peekaboo": outcome}) + "\n")
+            print(f"seed {seed}: {count} cases, {len(bad)} differences", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    # python tests/exprgen.py SEED... COUNT: record agreeing cases of these seeds into the corpus
+    record([int(s) for s in sys.argv[1:-1]], int(sys.argv[-1]))

@@ -1,4 +1,4 @@
-"""Command line: serve, scan, check-config, db."""
+"""Command line: serve, scan, check-config, db, mail, logs, expr."""
 
 from __future__ import annotations
 
@@ -258,6 +258,16 @@ def _lines(files: list[str]) -> Iterator[str]:
             yield from handle
 
 
+def cmd_expr(args: argparse.Namespace) -> int:
+    from mailowl.expr.tool import UsageError, run_eval, run_facts
+
+    try:
+        return run_eval(args) if args.expr_command == "eval" else run_facts(args, lambda: _load(args))
+    except UsageError as exc:
+        print(f"mailowl: {exc}", file=sys.stderr)
+        return 2
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailowl", description="Email attachment analysis gateway")
     p.add_argument("--version", action="version", version=f"mailowl {__version__}")
@@ -294,6 +304,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--index", default="mailowl-verdicts", help="index name (default: mailowl-verdicts)")
     s.add_argument("--follow", action="store_true", help="keep reading a growing file, like tail -F")
     s.set_defaults(func=cmd_logs_ship)
+    expr = sub.add_parser("expr", help="try rule expressions").add_subparsers(dest="expr_command", required=True)
+    s = expr.add_parser("eval", help="evaluate an expression on facts, as the expressions rule would")
+    s.add_argument("expression", nargs="?", help="the expression, e.g. \"sample.file_extension == 'exe' -> bad\"")
+    s.add_argument("--facts", metavar="FACTS.json", help="the sample's facts (as `expr facts` prints them; - for stdin)")
+    s.add_argument("--batch", metavar="FILE.jsonl",
+                   help='one {"expression": ..., "facts": {...}} per line (- for stdin); one answer per line')
+    s.add_argument("--dialect", choices=["peekaboo", "mailowl"], default="peekaboo",
+                   help="the expressions rule's dialect (default: peekaboo)")
+    s.set_defaults(func=cmd_expr)
+    s = expr.add_parser("facts", help="print a finished job's (or a file's) facts as FACTS.json")
+    s.add_argument("job_id", nargs="?", type=int, metavar="JOB_ID")
+    _config_args(s)
+    s.add_argument("--file", help="analyse this file now instead (every report, no job needed)")
+    s.add_argument("--name", help="with --file: the declared filename (default: the file's name)")
+    s.add_argument("--type", help="with --file: the declared content type")
+    s.add_argument("--disposition", help="with --file: the declared content disposition (inline, attachment)")
+    s.set_defaults(func=cmd_expr)
     db = sub.add_parser("db", help="store maintenance").add_subparsers(dest="db_command", required=True)
     s = db.add_parser("purge", help="delete finished jobs older than a given age")
     s.add_argument("--config", type=Path)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +38,13 @@ _SLASH = re.compile(r"\\(.)")
 _RESULT_WORDS = ("bad", "fail", "good", "ignore", "unknown")
 _TOKEN = re.compile(r"\*\*|//|<<|>>|<=|>=|==|!=|->|[-+*/%&|^~<>()\[\]{},.]|[A-Za-z][A-Za-z0-9_]*|[0-9]+|[\"'/]")
 MAX_DEPTH = 40
+# tightest first: (node kind, operator tokens — longer first where one is a prefix of another — or keyword)
+_LEVELS: list[tuple[str, tuple[str, ...] | str]] = [
+    ("power", ("**",)), ("unary", ("+", "-", "~")), ("arith", ("*", "//", "/", "%")), ("arith", ("+", "-")),
+    ("arith", ("<<", ">>")), ("arith", ("&",)), ("arith", ("^",)), ("arith", ("|",)), ("compare", ()),
+    ("unary", "not"), ("logic", "and"), ("logic", "or"), ("implies", "->"),
+]
+_FIRSTS = [frozenset(t[0] for t in tokens) if isinstance(tokens, tuple) else frozenset() for _, tokens in _LEVELS]
 
 
 class SyntaxProblem(ValueError):
@@ -85,71 +91,59 @@ class Parser:
         self.raw_regex = raw_regex
         self.far = 0
         self.depth = 0
-        self.levels: list[tuple[str, Callable[[int], tuple[str, int] | None]]] = [
-            ("power", self._ops("**")),
-            ("unary", self._ops("+", "-", "~")),
-            ("arith", self._ops("*", "//", "/", "%")),
-            ("arith", self._ops("+", "-")),
-            ("arith", self._ops("<<", ">>")),
-            ("arith", self._ops("&")),
-            ("arith", self._ops("^")),
-            ("arith", self._ops("|")),
-            ("compare", self._comparison),
-            ("unary", self._keywords("not")),
-            ("logic", self._keywords("and")),
-            ("logic", self._keywords("or")),
-            ("implies", self._keywords("->")),
-        ]
+        # where the next token starts, for every offset: skipping spaces is the parser's commonest step
+        self.starts = list(range(len(text) + 1))
+        for pos in range(len(text) - 1, -1, -1):
+            if text[pos] in _SPACE:
+                self.starts[pos] = self.starts[pos + 1]
 
     # terminals
     def skip(self, pos: int) -> int:
-        text = self.text
-        while pos < len(text) and text[pos] in _SPACE:
-            pos += 1
-        return pos
-
-    def _miss(self, pos: int) -> None:
-        self.far = max(self.far, pos)
+        return self.starts[pos]
 
     def literal(self, pos: int, token: str) -> int | None:
-        pos = self.skip(pos)
+        pos = self.starts[pos]
         if self.text.startswith(token, pos):
             return pos + len(token)
-        self._miss(pos)
+        if pos > self.far:
+            self.far = pos
         return None
 
     def keyword(self, pos: int, word: str) -> int | None:
-        pos = self.skip(pos)
+        pos = self.starts[pos]
         text, end = self.text, pos + len(word)
         if (text.startswith(word, pos) and (pos == 0 or text[pos - 1] not in WORD_CHARS)
                 and (end >= len(text) or text[end] not in WORD_CHARS)):
             return end
-        self._miss(pos)
+        if pos > self.far:
+            self.far = pos
         return None
 
     def pattern(self, pos: int, regex: re.Pattern[str]) -> tuple[str, int, int] | None:
-        pos = self.skip(pos)
+        pos = self.starts[pos]
         match = regex.match(self.text, pos)
         if match is None:
-            self._miss(pos)
+            if pos > self.far:
+                self.far = pos
             return None
         return match.group(), pos, match.end()
 
     # operators of each level
-    def _ops(self, *tokens: str) -> Callable[[int], tuple[str, int] | None]:
-        def match(pos: int) -> tuple[str, int] | None:
-            for token in tokens:  # longer tokens first where one is a prefix of another
-                end = self.literal(pos, token)
-                if end is not None:
-                    return token, end
-            return None
-        return match
-
-    def _keywords(self, word: str) -> Callable[[int], tuple[str, int] | None]:
-        def match(pos: int) -> tuple[str, int] | None:
-            end = self.keyword(pos, word)
-            return None if end is None else (word, end)
-        return match
+    def operator(self, level: int, pos: int) -> tuple[str, int] | None:
+        tokens = _LEVELS[level][1]
+        if isinstance(tokens, str):
+            end = self.keyword(pos, tokens)
+            return None if end is None else (tokens, end)
+        if not tokens:
+            return self._comparison(pos)
+        start = self.starts[pos]
+        if start < len(self.text) and self.text[start] in _FIRSTS[level]:
+            for token in tokens:
+                if self.text.startswith(token, start):
+                    return token, start + len(token)
+        if start > self.far:
+            self.far = start
+        return None
 
     def _comparison(self, pos: int) -> tuple[str, int] | None:
         end = self.keyword(pos, "is")
@@ -164,15 +158,21 @@ class Parser:
             after = self.keyword(end, "in")
             if after is not None:
                 return "not in", after
-        return self._ops("<=", "<", ">=", ">", "!=", "==", "isdisjoint")(pos)
+        start = self.starts[pos]
+        for token in ("<=", "<", ">=", ">", "!=", "==", "isdisjoint"):
+            if self.text.startswith(token, start):
+                return token, start + len(token)
+        if start > self.far:
+            self.far = start
+        return None
 
     # the levels, loosest last
     def expression(self, pos: int, level: int = 12) -> Parsed:
         if level < 0:
             return self.base(pos)
-        kind, operator = self.levels[level]
+        kind = _LEVELS[level][0]
         if kind == "unary":
-            found = operator(pos)
+            found = self.operator(level, pos)
             if found is not None:
                 operand = self.nested(found[1], level)
                 if operand is not None:
@@ -182,7 +182,7 @@ class Parser:
         if first is None:
             return None
         items, ops, end = [first[0]], [], first[1]
-        while (found := operator(end)) is not None:
+        while (found := self.operator(level, end)) is not None:
             right = self.expression(found[1], level - 1)
             if right is None:
                 break
@@ -237,28 +237,33 @@ class Parser:
         return None
 
     def rval(self, pos: int) -> Parsed:
-        start = self.skip(pos)
-        for word, value in (("True", True), ("False", False), ("None", None)):
-            end = self.keyword(pos, word)
-            if end is not None:
-                return Node("const", start, value), end
-        for regex, convert in ((_REAL, float), (_INT, int)):
-            number = self.pattern(pos, regex)
-            if number is not None:
-                return Node("const", start, convert(number[0])), number[2]
-        for quote in "\"'/":
-            quoted = self.pattern(pos, _QUOTED[quote])
-            if quoted is not None:
-                body = quoted[0][1:-1]
-                if quote != "/":
-                    return Node("const", start, unescape(body)), quoted[2]
-                source = _SLASH.sub(_keep_unless_slash, body) if self.raw_regex else unescape(body)
-                return Node("regex", start, source), quoted[2]
-        for word in _RESULT_WORDS:
-            end = self.keyword(pos, word)
-            if end is not None:
-                return Node("result", start, word), end
-        return self.dotted(pos)
+        start = self.starts[pos]
+        first = self.text[start:start + 1]
+        # each alternative below can only match on its first character: try only those that can
+        if first.isalpha():
+            for word, value in (("True", True), ("False", False), ("None", None)):
+                end = self.keyword(start, word)
+                if end is not None:
+                    return Node("const", start, value), end
+            for word in _RESULT_WORDS:
+                end = self.keyword(start, word)
+                if end is not None:
+                    return Node("result", start, word), end
+        elif first.isdigit():
+            for regex, convert in ((_REAL, float), (_INT, int)):
+                number = self.pattern(start, regex)
+                if number is not None:
+                    return Node("const", start, convert(number[0])), number[2]
+        elif first in _QUOTED:
+            quoted = self.pattern(start, _QUOTED[first])
+            if quoted is None:
+                return None
+            body = quoted[0][1:-1]
+            if first != "/":
+                return Node("const", start, unescape(body)), quoted[2]
+            source = _SLASH.sub(_keep_unless_slash, body) if self.raw_regex else unescape(body)
+            return Node("regex", start, source), quoted[2]
+        return self.dotted(start)
 
     def dotted(self, pos: int) -> Parsed:
         first = self.dotted_base(pos)

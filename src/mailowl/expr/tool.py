@@ -8,12 +8,20 @@ message check-config gives; one that raises while evaluated (or yields no result
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, Any
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from mailowl.expr import schema
 from mailowl.expr.evaluate import Expression, ExpressionError, NotAResult, Unreadable, load
+
+if TYPE_CHECKING:
+    from mailowl.config import Config
+    from mailowl.rules.engine import Engine
 
 Answer = dict[str, Any]
 
@@ -84,3 +92,90 @@ def batch(lines: Iterable[str], evaluator: Evaluator) -> Iterator[Answer]:
 def write_lines(answers: Iterable[Answer], out: IO[str]) -> None:
     dumps = json.JSONEncoder(ensure_ascii=False).encode
     out.writelines(dumps(answer) + "\n" for answer in answers)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``mailowl expr eval``: exit 0 when evaluated, 1 when evaluating failed, 2 when not loadable."""
+    evaluator = Evaluator(args.dialect)
+    if args.batch is not None:
+        if args.expression is not None:
+            raise UsageError("give either an EXPRESSION or --batch FILE")
+        with _open(args.batch) as handle:
+            write_lines(batch(handle, evaluator), sys.stdout)
+        return 0
+    if args.expression is None:
+        raise UsageError("give an EXPRESSION (or --batch FILE)")
+    facts: Any = {}
+    if args.facts is not None:
+        with _open(args.facts) as handle:
+            try:
+                facts = json.load(handle)
+            except ValueError as exc:
+                raise UsageError(f"{args.facts}: not JSON: {exc}") from None
+        if not isinstance(facts, Mapping):
+            raise UsageError(f"{args.facts}: expected an object like {{\"sample\": {{...}}, \"filereport\": {{...}}}}")
+    answer = evaluator.answer(args.expression, facts)
+    write_lines([answer], sys.stdout)
+    return {None: 0, "eval": 1, "load": 2}[answer["phase"]]
+
+
+def run_facts(args: argparse.Namespace, load_engine: Callable[[], tuple[Config, Engine]]) -> int:
+    """``mailowl expr facts``: a finished job's facts (JOB_ID) or a file's (--file), as FACTS.json."""
+    from mailowl.expr import facts as facts_of
+
+    if args.file is not None:
+        from mailowl.analysis.sample import Sample
+
+        _, engine = load_engine()
+        try:
+            content = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+        sample = Sample(content, filename=args.name or Path(args.file).name, type_declared=args.type,
+                        content_disposition=args.disposition)
+        found = facts_of.of_sample(sample, engine)
+    else:
+        if args.job_id is None:
+            raise UsageError("give a JOB_ID (or --file FILE)")
+        found = _job_facts(args)
+        print(f"mailowl: not kept with a job: {', '.join(facts_of.NOT_KEPT)} "
+              f"(`mailowl expr facts --file` on the sample gives every fact)", file=sys.stderr)
+    print(json.dumps(found, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _job_facts(args: argparse.Namespace) -> dict[str, Any]:
+    import asyncio
+
+    from mailowl.config import load_config
+    from mailowl.expr.facts import of_job
+    from mailowl.store import Store
+
+    config = load_config(args.config)
+
+    async def run() -> dict[str, Any]:
+        store = Store(config.store_url, max_age=config.store.max_age, purge_min_age=config.store.purge_min_age)
+        await store.open()
+        try:
+            job = await store.get_job(args.job_id)
+            if job is None or not job.finished:
+                raise UsageError(f"job {args.job_id} {'is not finished' if job else 'does not exist (or was purged)'}")
+            journal = await store.journal(job.identity)
+        finally:
+            await store.close()
+        return of_job(job, journal.journal)
+
+    return asyncio.run(run())
+
+
+class UsageError(Exception):
+    """A mistake on the command line; the message says which."""
+
+
+def _open(name: str) -> contextlib.AbstractContextManager[IO[str]]:
+    if name == "-":
+        return contextlib.nullcontext(sys.stdin)
+    try:
+        return open(name, encoding="utf-8")  # noqa: SIM115 (the caller closes it)
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror}") from None

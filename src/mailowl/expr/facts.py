@@ -1,0 +1,62 @@
+"""Facts for ``mailowl expr facts``: of a finished job, from the store, or of a file, analysed now.
+
+A job row keeps the sample's facts and its type by content and by name; the known report is rebuilt from
+the verdicts the store remembers for the same identity, as they stood when the job was created. Other
+report attributes are not kept with a job (``NOT_KEPT``); a file gives them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from mailowl.expr.schema import REPORTS
+
+if TYPE_CHECKING:
+    from mailowl.analysis.known import JournalEntry
+    from mailowl.analysis.sample import Sample
+    from mailowl.rules.engine import Engine
+    from mailowl.store.jobs import Job
+
+Facts = dict[str, dict[str, Any]]
+_KEPT = {"sample": set(REPORTS["sample"]), "filereport": {"type_by_content", "type_by_name", "mime_types"},
+         "knownreport": set(REPORTS["knownreport"])}
+#: attributes a job does not keep, as ``report.attribute``
+NOT_KEPT = [f"{report}.{attr}" for report, attrs in REPORTS.items() for attr in sorted(attrs)
+            if attr not in _KEPT.get(report, ())]
+
+
+def of_job(job: Job, journal: Iterable[JournalEntry]) -> Facts:
+    """``journal``: the store's verdicts for the job's identity; those from before the job count."""
+    kept = job.facts
+    sample = {"filename": kept.get("filename"), "name_declared": kept.get("filename"),
+              "type_declared": kept.get("type_declared"), "content_disposition": kept.get("content_disposition"),
+              "file_extension": kept.get("file_extension"), "file_size": kept.get("size"),
+              "sha256sum": kept.get("sha256"), "sha1sum": kept.get("sha1"), "md5sum": kept.get("md5"),
+              "identity": kept.get("identity")}
+    types = [kept.get("type_by_name"), kept.get("type_by_content")]
+    filereport = {"type_by_content": types[1], "type_by_name": types[0], "mime_types": sorted({t for t in types if t})}
+    return {"sample": sample, "filereport": filereport, "knownreport": known_then(journal, job.created_at)}
+
+
+def known_then(journal: Iterable[JournalEntry], when: datetime) -> dict[str, Any]:
+    earlier = [entry for entry in journal if entry.analysis_time < when]
+    if not earlier:
+        return {"known": False, "last_result": "unknown", "result": "unknown", "worst_result": "unchecked",
+                "first": 0, "last": 0}
+    worst = max(earlier, key=lambda entry: entry.result).result  # the first of equally bad ones, as knownreport
+    return {"known": True, "last_result": earlier[-1].result.name, "result": earlier[-1].result.name,
+            "worst_result": worst.name, "first": (when - earlier[0].analysis_time).days,
+            "last": (when - earlier[-1].analysis_time).days}
+
+
+def of_sample(sample: Sample, engine: Engine) -> Facts:
+    """Every report of a sample, computed now; knownreport as for a sample never seen."""
+    from mailowl.analysis.archive import Budget
+    from mailowl.analysis.known import KnownReport
+    from mailowl.rules.context import AnalysisContext
+
+    context = AnalysisContext(sample, engine, lambda identity: KnownReport(),
+                              Budget(engine.resources.archive_limits, sample.size))
+    return context.facts(REPORTS)
