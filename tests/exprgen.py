@@ -180,7 +180,11 @@ class Generator:
                                         f"({self._bool(2)} -> bad)"])
 
     def expression(self) -> str:
-        text = f"{self._bool(0)} -> {self.rhs()}"
+        condition = self._bool(0)
+        if self.chance(0.35):
+            # false on PeekabooAV's 5-byte start-up dummy only: the rest is checked by running it, not at start-up
+            condition = f"sample.file_size != 5 and ({condition})"
+        text = f"{condition} -> {self.rhs()}"
         if self.chance(0.05):
             text = f"{self._bool(1)} -> {text}" if self.chance(0.5) else f"({text}) -> {self.rhs()}"
         return self.layout(text)
