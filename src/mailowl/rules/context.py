@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailowl.analysis import ANALYZERS, activity, filetype, ole, pe  # noqa: F401 (importing registers analysers)
 from mailowl.analysis.archive import Budget, unpack
+from mailowl.analysis.clamav import clamav_report
 from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
 from mailowl.analysis.yara import yara_report
@@ -76,6 +77,8 @@ class AnalysisContext:
             value = self.journal(self.sample.identity)
         elif name == "yarareport":
             value = yara_report(self.sample, self.engine.resources.yara_rules)
+        elif name == "clamavreport" and self.engine.resources.clamd is not None:
+            value = clamav_report(self.sample, self.engine.resources.clamd)
         elif name == "archivereport":
             value = unpack(self.sample, self.budget)
         elif name in ANALYZERS:
