@@ -8,6 +8,7 @@ from typing import Any
 
 from mailowl.analysis import activity
 from mailowl.analysis.archive import ArchiveLimits, Budget
+from mailowl.analysis.clamav import Clamd
 from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
 from mailowl.results import Result, RuleResult
@@ -23,6 +24,7 @@ class Resources:
 
     yara_rules: Any = None
     archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+    clamd: Clamd | None = None
 
 
 Wire = tuple[int, str, list[tuple[str, int, str, bool]]]

@@ -121,6 +121,6 @@ def build_engine(raw: RawRuleset, origin: str, resources: Resources | None = Non
     return Engine(rules, resources)
 
 
-def load_engine(path: Path | None = None) -> Engine:
+def load_engine(path: Path | None = None, resources: Resources | None = None) -> Engine:
     path = path or default_ruleset_path()
-    return build_engine(read_ruleset(path), str(path))
+    return build_engine(read_ruleset(path), str(path), resources)

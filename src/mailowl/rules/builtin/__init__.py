@@ -2,6 +2,7 @@
 
 from mailowl.rules.builtin import (  # noqa: F401
     archive,
+    clamav,
     expressions,
     file_larger_than,
     file_type_lists,
