@@ -32,7 +32,7 @@ def _config_args(parser: argparse.ArgumentParser, serve: bool = False) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Config, Engine]:
     from mailowl.config import load_config
-    from mailowl.rules.loader import load_engine
+    from mailowl.rules.loader import engine_for
 
     overrides: dict[str, dict[str, Any]] = {}
     if getattr(args, "ruleset", None):
@@ -42,7 +42,7 @@ def _load(args: argparse.Namespace) -> tuple[Config, Engine]:
     if getattr(args, "data_dir", None):
         overrides.setdefault("server", {})["data_dir"] = args.data_dir
     config = load_config(args.config, overrides=overrides)
-    return config, load_engine(config.ruleset_path)
+    return config, engine_for(config)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

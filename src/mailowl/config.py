@@ -130,6 +130,22 @@ class AnalysisConfig(_Section):
     max_memory: Size = 256 * 2**20
 
 
+class ClamavConfig(_Section):
+    #: clamd's socket: a unix socket path ("/run/clamav/clamd.ctl") or HOST:PORT; empty: no ClamAV
+    socket: str = ""
+    #: seconds one scan may take (connecting, streaming the sample and clamd's answer)
+    timeout: Annotated[float, BeforeValidator(_seconds), Field(gt=0, le=3600)] = 30.0
+
+    @field_validator("socket")
+    @classmethod
+    def _socket(cls, value: str) -> str:
+        if value:
+            from mailowl.analysis.clamav import parse_address
+
+            parse_address(value)
+        return value
+
+
 class MilterConfig(_Section):
     #: HOST:PORT for Postfix's smtpd_milters = inet:HOST:PORT; empty turns the milter off
     listen: str = "127.0.0.1:8101"
@@ -209,6 +225,7 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     queue: QueueConfig = QueueConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    clamav: ClamavConfig = ClamavConfig()
 
     @property
     def store_url(self) -> str:

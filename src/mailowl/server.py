@@ -20,14 +20,14 @@ from mailowl.mail.parts import limits_for
 from mailowl.mail.policy import MailPolicy
 from mailowl.mail.smtp import ContentFilter
 from mailowl.rules.engine import Engine
-from mailowl.rules.loader import load_engine
+from mailowl.rules.loader import engine_for
 from mailowl.store import Store
 
 log = logging.getLogger("mailowl")
 
 
 def build_service(config: Config, engine: Engine | None = None) -> AnalysisService:
-    engine = engine or load_engine(config.ruleset_path)
+    engine = engine or engine_for(config)
     store = Store(config.store_url, max_age=config.store.max_age, memory_jobs=config.store.memory_jobs,
                   purge_min_age=config.store.purge_min_age, sqlite_synchronous=config.store.sqlite_synchronous)
     log = VerdictLog.from_config(config.log)
