@@ -95,8 +95,10 @@ class Generator:
         if depth > 2 or self.chance(0.5):
             return self.string() if self.chance(0.5) else self.attribute("str")
         left = self._str(depth + 1)
+        # never '%s' % a regex: its text is an object's address in PeekabooAV (docs/rules.md)
+        formatted = self.of(self.pick(["str", "int", "set", "result", "none"]), depth + 1)
         return self.pick([f"{left} + {self._str(depth + 1)}", f"{left} * {self._int(depth + 1)}",
-                          f"'%s' % {self.any(depth + 1)}", f"'x%sy' % {self._str(depth + 1)}", f"({left})",
+                          f"'%s' % {formatted}", f"'x%sy' % {self._str(depth + 1)}", f"({left})",
                           f"{self.attribute('str')}.upper" if self.chance(0.1) else left])
 
     def _int(self, depth: int) -> str:

@@ -144,7 +144,8 @@ class _Compiler:
         return lambda r: value
 
     def _unknown_identifier(self, name: str) -> str:
-        return f"unknown identifier '{name}' (known: {', '.join(sorted(self.schema))})"
+        known = sorted(n for n, fields in self.schema.items() if fields is not None)  # not the refused ones
+        return f"unknown identifier '{name}' (known: {', '.join(known)})"
 
     def _name(self, node: Node) -> Run:
         name = node.value

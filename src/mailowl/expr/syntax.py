@@ -34,7 +34,6 @@ _INT = re.compile(r"[0-9]+")
 _QUOTED = {q: re.compile(rf"{re.escape(q)}(?:\\.|[^{re.escape(q)}\n\r\\])*{re.escape(q)}") for q in "\"'/"}
 _CONTROL = (("\\t", "\t"), ("\\n", "\n"), ("\\f", "\f"), ("\\r", "\r"))
 _BACKSLASH = re.compile(r"\\(.)")  # no DOTALL: a backslash before a newline stays
-_SLASH = re.compile(r"\\(.)")
 _RESULT_WORDS = ("bad", "fail", "good", "ignore", "unknown")
 _TOKEN = re.compile(r"\*\*|//|<<|>>|<=|>=|==|!=|->|[-+*/%&|^~<>()\[\]{},.]|[A-Za-z][A-Za-z0-9_]*|[0-9]+|[\"'/]")
 MAX_DEPTH = 40
@@ -57,8 +56,8 @@ class SyntaxProblem(ValueError):
 class Node:
     """``kind`` is one of: const (``value``), regex (``value``: the source), name (``value``), attr
     (``value``: attribute name, ``items[0]``: the object), badattr (an attribute that is not a name),
-    result (``value``: the word), list, set, unary (``value``: operator), arith / compare / logic (``ops`` between ``items``), power,
-    implies."""
+    result (``value``: the word), list, set, unary (``value``: operator), arith / compare / logic
+    (``ops`` between ``items``), power, implies."""
 
     kind: str
     offset: int
@@ -261,7 +260,7 @@ class Parser:
             body = quoted[0][1:-1]
             if first != "/":
                 return Node("const", start, unescape(body)), quoted[2]
-            source = _SLASH.sub(_keep_unless_slash, body) if self.raw_regex else unescape(body)
+            source = _BACKSLASH.sub(_keep_unless_slash, body) if self.raw_regex else unescape(body)
             return Node("regex", start, source), quoted[2]
         return self.dotted(start)
 
