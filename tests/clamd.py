@@ -21,7 +21,7 @@ MARKER_NAME = "Mailowl.Test.Body.UNOFFICIAL"
 
 
 class Clamd:
-    def __init__(self, tmp: Path, stream_max: str = "1M") -> None:
+    def __init__(self, tmp: Path, stream_max: str = "1M", idle_timeout: int = 30) -> None:
         self.dir = tmp
         self.socket = str(tmp / "clamd.sock")
         self.port = free_port()
@@ -33,7 +33,7 @@ class Clamd:
         (tmp / "clamd.conf").write_text(
             f"LocalSocket {self.socket}\nTCPSocket {self.port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {db}\n"
             f"Foreground yes\nLogFile {tmp / 'clamd.log'}\nStreamMaxLength {stream_max}\nUser root\n"
-            f"SelfCheck 0\n")
+            f"SelfCheck 0\nIdleTimeout {idle_timeout}\n")
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 

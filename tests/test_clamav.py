@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +75,18 @@ def test_clamd_down_is_failed_and_the_rule_recovers(tmp_path: Path) -> None:
         assert back["result"] == "bad" and EICAR_NAME in back["reason"], back
     finally:
         srv.stop()
+        daemon.stop()
+
+
+def test_a_session_clamd_ended_is_replaced_transparently(tmp_path: Path) -> None:
+    daemon = Clamd(tmp_path, idle_timeout=1)
+    try:
+        client = Client(daemon.socket, timeout=30)
+        assert client.scan(EICAR).infected
+        time.sleep(2.5)  # clamd has ended the idle session by now
+        assert client.scan(EICAR).signatures == (EICAR_NAME,)
+        assert client.scan(b"fine").infected is False
+    finally:
         daemon.stop()
 
 
