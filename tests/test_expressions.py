@@ -226,6 +226,7 @@ def test_reports_are_resolved_lazily_and_attributes_are_copies() -> None:
 
 def test_schema_is_what_the_reports_have() -> None:
     from mailowl.analysis.archive import ArchiveReport
+    from mailowl.analysis.clamav import ClamavReport
     from mailowl.analysis.filetype import FileReport
     from mailowl.analysis.known import KnownReport
     from mailowl.analysis.ole import OleReport
@@ -235,6 +236,6 @@ def test_schema_is_what_the_reports_have() -> None:
 
     fields = {"sample": SampleView.FIELDS, "filereport": FileReport.FIELDS, "olereport": OleReport.FIELDS,
               "knownreport": KnownReport.FIELDS, "pereport": PeReport.FIELDS, "yarareport": YaraReport.FIELDS,
-              "archivereport": ArchiveReport.FIELDS}
+              "archivereport": ArchiveReport.FIELDS, "clamavreport": ClamavReport.FIELDS}
     assert fields == SCHEMA
     assert set(REPORTS) == set(fields)

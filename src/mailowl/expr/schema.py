@@ -50,6 +50,7 @@ REPORTS: dict[str, dict[str, tuple[str, Any]]] = {
         "packed": (PLAIN, False), "packer_hints": (PLAIN, []), "error": (PLAIN, None),
     },
     "yarareport": {"matched": (PLAIN, False), "rules": (PLAIN, []), "tags": (PLAIN, [])},
+    "clamavreport": {"infected": (PLAIN, False), "signatures": (PLAIN, [])},
     "archivereport": {
         "is_archive": (PLAIN, False), "format": (PLAIN, None), "members": (PLAIN, []), "member_count": (PLAIN, 0),
         "encrypted": (PLAIN, False), "total_size": (PLAIN, 0), "limit_hit": (PLAIN, None), "error": (PLAIN, None),

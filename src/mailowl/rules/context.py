@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -92,9 +93,10 @@ class AnalysisContext:
 
     def facts(self, names: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
         """What expressions can read about the sample, in the shape of ``mailowl expr eval --facts``:
-        the reports computed so far, and those named (computed now)."""
+        the reports computed so far, and those named (computed now, if they can be here)."""
         for name in names:
-            self.report(name)
+            with contextlib.suppress(LookupError):  # e.g. clamavreport without a clamd
+                self.report(name)
         reports = {"sample": SampleView(self.sample), **self.sample.reports}
         return {name: {attr: to_json(fact(getattr(reports[name], attr))) for attr in sorted(attrs)}
                 for name, attrs in REPORTS.items() if name in reports}
