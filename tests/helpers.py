@@ -5,10 +5,10 @@ from __future__ import annotations
 from email.message import EmailMessage
 from typing import Any
 
-from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
 from mailowl.rules.engine import Engine, Verdict
 from mailowl.rules.loader import build_engine
+from mailowl.store.journal import KnownReport
 
 
 def engine(rules: list[str], **sections: dict[str, Any]) -> Engine:

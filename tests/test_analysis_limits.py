@@ -21,12 +21,12 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
-from mailowl.analysis.workers import Worker
+from mailowl.core.workers import Worker
 from mailowl.results import Result
 from mailowl.rules.engine import Verdict
 from mailowl.rules.loader import load_engine
+from mailowl.store.journal import KnownReport
 
 MiB = 2**20
 BOUND = 256 * MiB

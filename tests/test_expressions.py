@@ -228,11 +228,11 @@ def test_schema_is_what_the_reports_have() -> None:
     from mailowl.analysis.archive import ArchiveReport
     from mailowl.analysis.clamav import ClamavReport
     from mailowl.analysis.filetype import FileReport
-    from mailowl.analysis.known import KnownReport
     from mailowl.analysis.ole import OleReport
     from mailowl.analysis.pe import PeReport
     from mailowl.analysis.yara import YaraReport
     from mailowl.rules.context import SampleView
+    from mailowl.store.journal import KnownReport
 
     fields = {"sample": SampleView.FIELDS, "filereport": FileReport.FIELDS, "olereport": OleReport.FIELDS,
               "knownreport": KnownReport.FIELDS, "pereport": PeReport.FIELDS, "yarareport": YaraReport.FIELDS,

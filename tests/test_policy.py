@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailowl.analysis.service import AnalysisService
+from mailowl.core.service import AnalysisService
 from mailowl.mail.parts import MailLimits
 from mailowl.mail.policy import Envelope, MailPolicy, decide
 from mailowl.rules.loader import build_engine

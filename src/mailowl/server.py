@@ -10,10 +10,10 @@ from typing import Any
 
 import uvicorn
 
-from mailowl.analysis.service import AnalysisService
 from mailowl.api.app import create_app
 from mailowl.api.transport import http_protocol
 from mailowl.config import Config, split_listen
+from mailowl.core.service import AnalysisService
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.mail.milter import MilterServer
 from mailowl.mail.parts import limits_for

@@ -16,10 +16,10 @@ from starlette.routing import Route
 
 from mailowl import __version__
 from mailowl.analysis.sample import Sample
-from mailowl.analysis.service import AnalysisService, QueueFull
 from mailowl.api.ids import BadId, parse_job_id, parse_support_id
 from mailowl.api.openapi import openapi_document
 from mailowl.api.upload import UploadError, boundary_of, read_form, receive_body
+from mailowl.core.service import AnalysisService, QueueFull
 from mailowl.store import Job, StoreError
 
 Scope = MutableMapping[str, Any]

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from mailowl.expr.schema import REPORTS
 
 if TYPE_CHECKING:
-    from mailowl.analysis.known import JournalEntry
     from mailowl.analysis.sample import Sample
     from mailowl.rules.engine import Engine
     from mailowl.store.jobs import Job
+    from mailowl.store.journal import JournalEntry
 
 Facts = dict[str, dict[str, Any]]
 _KEPT = {"sample": set(REPORTS["sample"]), "filereport": {"type_by_content", "type_by_name", "mime_types"},
@@ -54,8 +54,8 @@ def known_then(journal: Iterable[JournalEntry], when: datetime) -> dict[str, Any
 def of_sample(sample: Sample, engine: Engine) -> Facts:
     """Every report of a sample, computed now; knownreport as for a sample never seen."""
     from mailowl.analysis.archive import Budget
-    from mailowl.analysis.known import KnownReport
     from mailowl.rules.context import AnalysisContext
+    from mailowl.store.journal import KnownReport
 
     context = AnalysisContext(sample, engine, lambda identity: KnownReport(),
                               Budget(engine.resources.archive_limits, sample.size))

@@ -18,7 +18,7 @@ from typing import Any
 from kilter.protocol import messages as m
 from kilter.protocol.buffer import SimpleBuffer
 
-from mailowl.analysis.service import AnalysisService
+from mailowl.core.service import AnalysisService
 from mailowl.mail.policy import Decision, Envelope, MailPolicy, decide
 
 log = logging.getLogger(__name__)

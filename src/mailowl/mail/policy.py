@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from mailowl.analysis.sample import Sample
-from mailowl.analysis.service import AnalysisService, QueueFull
+from mailowl.core.service import AnalysisService, QueueFull
 from mailowl.mail.parts import Extraction, MailLimits, extract
 from mailowl.results import Result
 from mailowl.store import Job

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
-from mailowl.analysis.service import AnalysisService
+from mailowl.core.service import AnalysisService
 from mailowl.mail.policy import Envelope, MailPolicy, decide
 
 log = logging.getLogger(__name__)

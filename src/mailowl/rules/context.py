@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 from mailowl.analysis import ANALYZERS, activity, filetype, ole, pe  # noqa: F401 (importing registers analysers)
 from mailowl.analysis.archive import Budget, unpack
 from mailowl.analysis.clamav import clamav_report
-from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
 from mailowl.analysis.yara import yara_report
 from mailowl.expr.evaluate import fact
 from mailowl.expr.schema import REPORTS, to_json
+from mailowl.store.journal import KnownReport
 
 if TYPE_CHECKING:
     from mailowl.rules.engine import Engine

@@ -9,11 +9,11 @@ from typing import Any
 from mailowl.analysis import activity
 from mailowl.analysis.archive import ArchiveLimits, Budget
 from mailowl.analysis.clamav import Clamd
-from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
 from mailowl.results import Result, RuleResult
 from mailowl.rules import Rule
 from mailowl.rules.context import AnalysisContext, JournalLookup
+from mailowl.store.journal import KnownReport
 
 log = logging.getLogger(__name__)
 

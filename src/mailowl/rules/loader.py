@@ -6,11 +6,15 @@ import configparser
 import re
 from importlib import resources as importlib_resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mailowl.analysis.clamav import Clamd
 from mailowl.rules import RULES, Rule, RulesetError, load_builtin_rules
 from mailowl.rules.engine import Engine, Resources
 from mailowl.tomlfile import load_toml
+
+if TYPE_CHECKING:
+    from mailowl.config import Config
 
 # PeekabooAV rules mailowl knows by name but cannot run; their sections may stay in a migrated file.
 UNSUPPORTED_RULES = {
@@ -124,3 +128,11 @@ def build_engine(raw: RawRuleset, origin: str, resources: Resources | None = Non
 def load_engine(path: Path | None = None, resources: Resources | None = None) -> Engine:
     path = path or default_ruleset_path()
     return build_engine(read_ruleset(path), str(path), resources)
+
+
+def engine_for(config: Config) -> Engine:
+    """The configured ruleset with the configured analysis backends."""
+    resources = Resources()
+    if config.clamav.socket:
+        resources.clamd = Clamd(config.clamav.socket, config.clamav.timeout)
+    return load_engine(config.ruleset_path, resources)

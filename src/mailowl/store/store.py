@@ -30,11 +30,11 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from mailowl.analysis.known import JournalEntry, KnownReport, append_compact
 from mailowl.results import Result, RuleResult
 from mailowl.store.bloom import IdentityBloom
 from mailowl.store.checkpoint import Checkpoints
 from mailowl.store.jobs import DONE, PENDING, Job
+from mailowl.store.journal import JournalEntry, KnownReport, append_compact
 from mailowl.store.migrate import upgrade
 from mailowl.store.models import jobs, messages
 

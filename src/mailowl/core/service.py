@@ -18,14 +18,14 @@ from typing import Any
 from mailowl import metrics
 from mailowl.analysis import activity
 from mailowl.analysis.filetype import FileReport
-from mailowl.analysis.known import KnownReport
 from mailowl.analysis.sample import Sample
-from mailowl.analysis.workers import Worker, WorkerDied, WorkerTimeout, needs_isolation
+from mailowl.core.workers import Worker, WorkerDied, WorkerTimeout, needs_isolation
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.results import Result
 from mailowl.rules.context import JournalLookup
 from mailowl.rules.engine import Engine, Verdict, Wire
 from mailowl.store import Job, Store, StoreError
+from mailowl.store.journal import KnownReport
 
 log = logging.getLogger(__name__)
 

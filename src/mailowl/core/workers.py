@@ -30,9 +30,9 @@ from typing import Any
 from mailowl.analysis import activity
 from mailowl.analysis.archive import detect_format
 from mailowl.analysis.filetype import FileReport
-from mailowl.analysis.known import KnownReport
 from mailowl.analysis.ole import could_hold_macros
 from mailowl.analysis.sample import Sample
+from mailowl.store.journal import KnownReport
 
 log = logging.getLogger(__name__)
 
