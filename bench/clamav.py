@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from tests.clamd import MARKER, Clamd  # noqa: E402
 
 from mailowl.analysis.clamav import Clamd as Client  # noqa: E402
+from mailowl.analysis.contract import Resources  # noqa: E402
 from mailowl.analysis.sample import Sample  # noqa: E402
-from mailowl.rules.engine import Resources  # noqa: E402
 from mailowl.rules.loader import build_engine  # noqa: E402
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from mailowl.analysis.clamav import ClamavError, parse_address, parse_reply
 from mailowl.analysis.clamav import Clamd as Client
+from mailowl.analysis.contract import Resources
 from mailowl.results import Result
-from mailowl.rules.engine import Resources
 from mailowl.rules.loader import build_engine
 
 from . import helpers

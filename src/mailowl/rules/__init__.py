@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from mailowl.results import Result, RuleResult
 
 if TYPE_CHECKING:
+    from mailowl.analysis.contract import Resources
     from mailowl.rules.context import AnalysisContext
-    from mailowl.rules.engine import Resources
 
 
 class RulesetError(ValueError):

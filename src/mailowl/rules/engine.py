@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from mailowl.analysis import activity
-from mailowl.analysis.archive import ArchiveLimits, Budget
-from mailowl.analysis.clamav import Clamd
+from mailowl.analysis.archive import Budget
+from mailowl.analysis.contract import Resources
 from mailowl.analysis.sample import Sample
 from mailowl.results import Result, RuleResult
 from mailowl.rules import Rule
@@ -16,15 +15,6 @@ from mailowl.rules.context import AnalysisContext, JournalLookup
 from mailowl.store.journal import KnownReport
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Resources:
-    """Things rules share that are built once at start-up."""
-
-    yara_rules: Any = None
-    archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)
-    clamd: Clamd | None = None
 
 
 Wire = tuple[int, str, list[tuple[str, int, str, bool]]]

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailowl.analysis.clamav import Clamd
+from mailowl.analysis.contract import Resources
 from mailowl.rules import RULES, Rule, RulesetError, load_builtin_rules
-from mailowl.rules.engine import Engine, Resources
+from mailowl.rules.engine import Engine
 from mailowl.tomlfile import load_toml
 
 if TYPE_CHECKING:
