@@ -4,8 +4,8 @@ Two dialects. ``peekaboo`` (the default) is PeekabooAV 2.1's language, outcomes 
 attribute that does not exist is refused only if PeekabooAV's start-up trial (one evaluation on its
 dummy sample and empty reports, see ``schema.py``) reaches it — elsewhere it is accepted, with a
 warning, and fails the sample that reaches it, as in PeekabooAV. Two things are refused although
-PeekabooAV starts with them, because they can only ever fail: a regex inside a set literal, and
-PeekabooAV's internal attributes (``sample.content`` ...), which mailowl does not have.
+PeekabooAV starts with them: a regex inside a set literal (it could only ever fail), and PeekabooAV's
+internal attributes (``sample.content`` ...), which mailowl does not have.
 
 ``mailowl`` (opt-in, ``[expressions] dialect = mailowl``) differs in four ways: every name and
 attribute is checked at start-up wherever it is, and nothing is tried on dummies; sets may hold
@@ -77,9 +77,6 @@ class Expression:
     dialect: str = "peekaboo"
     #: names and attributes that do not exist but are accepted because PeekabooAV's trial misses them
     warnings: tuple[str, ...] = ()
-
-    def value(self, resolve: Resolver) -> Any:
-        return self._run(resolve)
 
     def evaluate(self, resolve: Resolver) -> Verdict | None:
         """The result if the condition holds, None if it does not; raises on operands that do not fit

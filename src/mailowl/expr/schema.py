@@ -60,9 +60,6 @@ REPORTS: dict[str, dict[str, tuple[str, Any]]] = {
 #: identifier -> the attributes an expression may read
 SCHEMA: dict[str, frozenset[str]] = {name: frozenset(attrs) for name, attrs in REPORTS.items()}
 
-#: reports PeekabooAV 2.1 has (the others are mailowl's)
-PEEKABOO_REPORTS = frozenset({"sample", "filereport", "olereport", "knownreport"})
-
 #: attributes of PeekabooAV's objects that are its internals, not facts about the sample
 PEEKABOO_INTERNALS: dict[str, frozenset[str]] = {
     "sample": frozenset({"content", "result", "reason", "peekaboo_report", "id", "state", "update_id", "mark_done",
