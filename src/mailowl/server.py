@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 
+from mailowl import notify
 from mailowl.api.app import create_app
 from mailowl.api.transport import http_protocol
 from mailowl.config import Config, split_listen
@@ -103,7 +104,8 @@ def serve(config: Config, engine: Engine | None = None) -> None:
     app = make_asgi(config, service)
     # one setting for every way a client can hold a connection without finishing a request
     timeout = config.server.read_timeout
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                http=http_protocol(timeout), loop="uvloop", timeout_keep_alive=timeout, server_header=False,
-                proxy_headers=False)
+    # uvicorn.run(), telling systemd (Type=notify) once every listener is up and when stopping
+    notify.run(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                              http=http_protocol(timeout), loop="uvloop", timeout_keep_alive=timeout,
+                              server_header=False, proxy_headers=False))
 
