@@ -2,9 +2,9 @@
 
 PeekabooAV checks an expression at start-up by evaluating it once on a sample of five bytes without a
 name and on empty reports; an expression that raises there (unknown attribute, a type error...) stops
-its start-up. mailowl repeats that trial with the same values, given here per attribute, so it refuses
-exactly those expressions too. Reports PeekabooAV does not have get the values an empty report of
-mailowl's has.
+its start-up. mailowl repeats that trial with the same values (here for the sample and the known
+report, in each analyser's row of ``analysis/table.py`` for the others), so it refuses exactly those
+expressions too. Reports PeekabooAV does not have get the values an empty report of mailowl's has.
 
 The JSON form (``mailowl expr eval --facts``, ``mailowl expr facts``) is the attribute's value, except
 that sets are lists and results are their names.
@@ -18,12 +18,14 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
+from mailowl.analysis.table import ANALYSERS
 from mailowl.expr.values import Result
 
 SET, RESULT, PLAIN = "set", "result", "plain"
 _DUMMY = b"dummy"
 
-#: identifier -> attribute -> (kind, value on PeekabooAV's start-up check)
+#: identifier -> attribute -> (kind, value on PeekabooAV's start-up check); the sample and the known report
+#: are here, every analyser's report comes from its row in mailowl/analysis/table.py
 REPORTS: dict[str, dict[str, tuple[str, Any]]] = {
     "sample": {
         "filename": (PLAIN, None), "name_declared": (PLAIN, None), "type_declared": (PLAIN, None),
@@ -32,29 +34,12 @@ REPORTS: dict[str, dict[str, tuple[str, Any]]] = {
         "md5sum": (PLAIN, hashlib.md5(_DUMMY).hexdigest()),
         "identity": (PLAIN, hashlib.sha256(hashlib.sha256(_DUMMY).hexdigest().encode()).hexdigest()),
     },
-    "filereport": {
-        "type_by_content": (PLAIN, None), "type_by_name": (PLAIN, None), "type_as_text": (PLAIN, None),
-        "mime_types": (SET, set()),
-    },
-    "olereport": {
-        "has_office_macros": (PLAIN, False), "vba_code": (PLAIN, ""), "has_autoexec": (PLAIN, False),
-        "detected_autoexec": (PLAIN, "[]"), "is_suspicious": (PLAIN, False), "detected_suspicious": (PLAIN, "[]"),
-    },
     "knownreport": {
         "known": (PLAIN, False), "last_result": (RESULT, Result.unknown), "result": (RESULT, Result.unknown),
         "worst_result": (RESULT, Result.unchecked), "first": (PLAIN, 0), "last": (PLAIN, 0),
     },
-    "pereport": {
-        "is_pe": (PLAIN, False), "is_dll": (PLAIN, False), "is_64bit": (PLAIN, False), "imports": (PLAIN, []),
-        "dlls": (PLAIN, []), "sections": (PLAIN, []), "max_entropy": (PLAIN, 0.0), "has_signature": (PLAIN, False),
-        "packed": (PLAIN, False), "packer_hints": (PLAIN, []), "error": (PLAIN, None),
-    },
-    "yarareport": {"matched": (PLAIN, False), "rules": (PLAIN, []), "tags": (PLAIN, [])},
-    "clamavreport": {"infected": (PLAIN, False), "signatures": (PLAIN, [])},
-    "archivereport": {
-        "is_archive": (PLAIN, False), "format": (PLAIN, None), "members": (PLAIN, []), "member_count": (PLAIN, 0),
-        "encrypted": (PLAIN, False), "total_size": (PLAIN, 0), "limit_hit": (PLAIN, None), "error": (PLAIN, None),
-    },
+    **{name: {attr: (spec.kind, spec.empty) for attr, spec in analyser.fields.items()}
+       for name, analyser in ANALYSERS.items()},
 }
 
 #: identifier -> the attributes an expression may read
