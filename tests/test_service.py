@@ -4,6 +4,7 @@ a deadline for every analysis in killable worker processes, and a shutdown that 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import multiprocessing
@@ -18,9 +19,11 @@ from typing import Any
 
 import pytest
 
-from mailowl.analysis import ANALYZERS
+from mailowl.analysis.archive import Budget
+from mailowl.analysis.contract import Resources
 from mailowl.analysis.pe import PeReport
 from mailowl.analysis.sample import Sample
+from mailowl.analysis.table import ANALYSERS
 from mailowl.core.service import AnalysisService, QueueFull
 from mailowl.results import Result
 from mailowl.rules.context import JournalLookup
@@ -63,10 +66,10 @@ async def make_service(tmp_path: Path, eng: Engine, **kwargs: Any) -> AnalysisSe
 def hanging_pe(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """pereport hangs in a real sleep for content starting with MZHANG, and eats memory for MZHOG;
     worker processes forked afterwards inherit it."""
-    real = ANALYZERS["pereport"]
+    real = ANALYSERS["pereport"]
     release = threading.Event()
 
-    def pereport(sample: Sample, env: object = None) -> PeReport:
+    def pereport(sample: Sample, resources: Resources, budget: Budget) -> PeReport:
         if sample.content.startswith(b"MZHANG"):
             time.sleep(3600)
         if sample.content.startswith(b"TEXTHANG"):  # small text: analysed in the service's thread
@@ -76,10 +79,10 @@ def hanging_pe(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             del hog
         if sample.content.startswith(b"MZDIE"):
             os.kill(os.getpid(), signal.SIGKILL)
-        report: PeReport = real(sample)
+        report: PeReport = real.run(sample, resources, budget)
         return report
 
-    monkeypatch.setitem(ANALYZERS, "pereport", pereport)
+    monkeypatch.setitem(ANALYSERS, "pereport", dataclasses.replace(real, run=pereport))
     yield
     release.set()
 

@@ -4,22 +4,22 @@ test knows the analysis is stuck inside an analyser."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from mailowl.analysis import ANALYZERS
-from mailowl.analysis import pe as _pe  # noqa: F401  (registers the real pereport first)
+from mailowl.analysis.table import ANALYSERS
 
-_real = ANALYZERS["pereport"]
+_real = ANALYSERS["pereport"]
 
 
-def _hanging(sample: Any, env: object = None) -> Any:
+def _hanging(sample: Any, resources: Any, budget: Any) -> Any:
     if bytes(sample.content[:6]) == b"MZHANG":
         Path(os.environ["HANGPE_MARKER"]).write_text(str(os.getpid()))
         time.sleep(3600)
-    return _real(sample)
+    return _real.run(sample, resources, budget)
 
 
-ANALYZERS["pereport"] = _hanging
+ANALYSERS["pereport"] = dataclasses.replace(_real, run=_hanging)

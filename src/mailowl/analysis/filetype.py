@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import magic
 
-from mailowl.analysis import analyzer
 from mailowl.analysis.sample import Sample
 
 # libmagic never looks past its bytes_max (7 MiB by default); handing it more only costs a copy.
@@ -54,6 +53,5 @@ class FileReport:
         return {t for t in (self.type_by_name, self.type_by_content) if t}
 
 
-@analyzer("filereport")
-def file_report(sample: Sample, env: object = None) -> FileReport:
+def file_report(sample: Sample) -> FileReport:
     return FileReport(type_by_content(sample.content), sample.type_by_name, sample.content)

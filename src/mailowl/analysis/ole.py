@@ -12,7 +12,6 @@ from typing import Any
 
 from oletools.olevba import VBA_Parser, detect_autoexec, detect_suspicious
 
-from mailowl.analysis import analyzer
 from mailowl.analysis.sample import Sample
 
 log = logging.getLogger(__name__)
@@ -91,8 +90,7 @@ def could_hold_macros(content: bytes) -> bool:
     return any(marker in head for marker in _OFFICE_MARKERS)
 
 
-@analyzer("olereport")
-def ole_report(sample: Sample, env: object = None) -> OleReport:
+def ole_report(sample: Sample) -> OleReport:
     name = sample.filename
     if sample.size > _TEXT_FALLBACK_LIMIT and not could_hold_macros(sample.content):
         return OleReport()

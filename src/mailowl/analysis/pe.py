@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import pefile
 
-from mailowl.analysis import analyzer
 from mailowl.analysis.sample import Sample
 
 # Section names that packers leave behind; a hint, not proof.
@@ -40,8 +39,7 @@ class PeReport:
         return bool(self.packer_hints)
 
 
-@analyzer("pereport")
-def pe_report(sample: Sample, env: object = None) -> PeReport:
+def pe_report(sample: Sample) -> PeReport:
     report = PeReport()
     if not sample.content.startswith(b"MZ"):
         return report

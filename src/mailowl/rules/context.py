@@ -6,11 +6,10 @@ import contextlib
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from mailowl.analysis import ANALYZERS, activity, filetype, ole, pe  # noqa: F401 (importing registers analysers)
-from mailowl.analysis.archive import Budget, unpack
-from mailowl.analysis.clamav import clamav_report
+from mailowl.analysis import activity
+from mailowl.analysis.archive import Budget
 from mailowl.analysis.sample import Sample
-from mailowl.analysis.yara import yara_report
+from mailowl.analysis.table import ANALYSERS
 from mailowl.expr.evaluate import fact
 from mailowl.expr.schema import REPORTS, to_json
 from mailowl.store.journal import KnownReport
@@ -76,14 +75,12 @@ class AnalysisContext:
             value = SampleView(self.sample)
         elif name == "knownreport":
             value = self.journal(self.sample.identity)
-        elif name == "yarareport":
-            value = yara_report(self.sample, self.engine.resources.yara_rules)
-        elif name == "clamavreport" and self.engine.resources.clamd is not None:
-            value = clamav_report(self.sample, self.engine.resources.clamd)
-        elif name == "archivereport":
-            value = unpack(self.sample, self.budget)
-        elif name in ANALYZERS:
-            value = ANALYZERS[name](self.sample)
+        elif name in ANALYSERS:
+            analyser = ANALYSERS[name]
+            missing = analyser.unavailable(self.engine.resources)
+            if missing is not None:
+                raise LookupError(f"{name}: {missing}")
+            value = analyser.run(self.sample, self.engine.resources, self.budget)
         else:
             raise LookupError(f"no analyser provides '{name}'")
         reports[name] = value
