@@ -15,6 +15,7 @@ from mailowl.analysis.clamav import ClamavError, parse_address, parse_reply
 from mailowl.analysis.clamav import Clamd as Client
 from mailowl.analysis.contract import Resources
 from mailowl.results import Result
+from mailowl.rules import RulesetError
 from mailowl.rules.loader import build_engine
 
 from . import helpers
@@ -148,3 +149,12 @@ def test_configuration_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "none.toml").write_text("")
     missing = mailowl("check-config", "--config", str(tmp_path / "none.toml"), "--ruleset", str(tmp_path / "r.conf"))
     assert missing.returncode == 2 and "[clamav]" in missing.stderr and "socket" in missing.stderr
+
+
+def test_an_expression_reading_clamavreport_needs_clamd(clamd: Clamd) -> None:
+    raw = {"rules": ["expressions"], "expressions": {"expression": ["clamavreport.infected -> bad"]}}
+    with pytest.raises(RulesetError, match=r"'clamavreport': clamd is not configured \(\[clamav\] socket\)"):
+        build_engine(raw, "test")
+    eng = build_engine(raw, "test", Resources(clamd=Client(clamd.socket)))
+    assert helpers.run(eng, EICAR, "eicar.com").result is Result.bad
+    assert helpers.run(eng, b"harmless", "note.txt").result is Result.unknown

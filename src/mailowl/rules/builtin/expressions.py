@@ -1,5 +1,6 @@
 import logging
 
+from mailowl.analysis.table import ANALYSERS
 from mailowl.expr import DIALECTS, ExpressionError, load
 from mailowl.results import Result, RuleResult
 from mailowl.rules import Option, Rule, RulesetError, rule
@@ -30,6 +31,10 @@ class Expressions(Rule):
                 expression = load(text, dialect)
             except ExpressionError as exc:
                 raise RulesetError(f"[expressions] expression ({index}) {text!r}: {exc}") from None
+            for identifier in sorted(expression.identifiers & ANALYSERS.keys()):
+                missing = ANALYSERS[identifier].unavailable(self.resources)
+                if missing is not None:
+                    raise RulesetError(f"[expressions] expression ({index}) {text!r}: '{identifier}': {missing}")
             for warning in expression.warnings:
                 log.warning("[expressions] expression (%d) %r: %s", index, text, warning)
             self.expressions.append(expression)
