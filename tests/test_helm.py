@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import mailowl
-from mailowl.config import load_config
+from mailowl.config import ConfigError, load_config
 from mailowl.rules.loader import load_engine
 
 CHART = Path(__file__).parent.parent / "deploy" / "helm" / "mailowl"
@@ -353,12 +353,37 @@ def pod_environment(docs: list[dict[str, Any]], etc: Path) -> dict[str, str]:
     return environ
 
 
+def service_links(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The variables the kubelet puts into every pod of the namespace for each Service with a cluster IP,
+    unless the pod says enableServiceLinks: false (Docker links: NAME_SERVICE_HOST, NAME_PORT, ...)."""
+    links: dict[str, str] = {}
+    for service in by_kind(docs, "Service"):
+        if service["spec"].get("clusterIP") == "None":
+            continue
+        name, ip = service["metadata"]["name"].upper().replace("-", "_"), "10.96.0.10"
+        ports = service["spec"]["ports"]
+        links[f"{name}_SERVICE_HOST"] = ip
+        links[f"{name}_SERVICE_PORT"] = str(ports[0]["port"])
+        links[f"{name}_PORT"] = f"tcp://{ip}:{ports[0]['port']}"
+        for port in ports:
+            links[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(port["port"])
+            prefix = f"{name}_PORT_{port['port']}_TCP"
+            links.update({prefix: f"tcp://{ip}:{port['port']}", f"{prefix}_PROTO": "tcp",
+                          f"{prefix}_PORT": str(port["port"]), f"{prefix}_ADDR": ip})
+    return links
+
+
+@pytest.mark.parametrize("release", ["pipeline", "mailowl"])
 @pytest.mark.parametrize("values", VALUE_SETS.keys())
-def test_mailowl_accepts_the_pods_configuration(chart: helm.Chart, values: str, tmp_path: Path) -> None:
+def test_mailowl_accepts_the_pods_configuration(chart: helm.Chart, values: str, release: str,
+                                                tmp_path: Path) -> None:
     """The variables and files the chart gives mailowl are settings mailowl knows (an unknown MAILOWL_…
-    variable stops it) with the values meant, read by mailowl's own configuration loader."""
-    docs = render(chart, VALUE_SETS[values])
+    variable stops it) with the values meant, read by mailowl's own configuration loader. The variables
+    Kubernetes adds for the namespace's Services are included unless the pod turns them off."""
+    docs = render(chart, VALUE_SETS[values], release)
     environ = pod_environment(docs, tmp_path)
+    if one(docs, "Deployment")["spec"]["template"]["spec"].get("enableServiceLinks", True):
+        environ = {**service_links(docs), **environ}
     config = load_config(environ=environ)
     container = mailowl_container(docs)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -383,6 +408,17 @@ def test_mailowl_accepts_the_pods_configuration(chart: helm.Chart, values: str, 
         assert config.smtp.next_hop == "postfix.mail.svc:10026"
         assert config.ruleset_path == tmp_path / "ruleset.conf"
         assert load_engine(config.ruleset_path).rule_names == ["known", "file_larger_than", "final_rule"]
+
+
+def test_service_links_would_stop_mailowl(chart: helm.Chart, tmp_path: Path) -> None:
+    """Why the pod has enableServiceLinks: false: with the release called "mailowl", its Service "mailowl"
+    gives every pod of the namespace MAILOWL_PORT, MAILOWL_SERVICE_HOST, ..., and mailowl refuses those."""
+    docs = render(chart, {}, "mailowl")
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    links = service_links(docs)
+    assert "MAILOWL_SERVICE_HOST" in links
+    with pytest.raises(ConfigError, match="environment variable MAILOWL_"):
+        load_config(environ={**links, **pod_environment(docs, tmp_path)})
 
 
 def test_cortex_key_is_wired_only_when_set(chart: helm.Chart) -> None:
