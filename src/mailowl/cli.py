@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 def _config_args(parser: argparse.ArgumentParser, serve: bool = False) -> None:
     parser.add_argument("--config", type=Path, help="mailowl.toml (default: $MAILOWL_CONFIG or built-in defaults)")
     parser.add_argument("--ruleset", help="ruleset file: native .toml or a PeekabooAV ruleset.conf")
+    parser.add_argument("--analyzers", type=Path, help="PeekabooAV's analyzers.conf: its [cortex] section "
+                        "configures Cortex (replaces [cortex] of the configuration)")
     if serve:
         parser.add_argument("--listen", help="HOST:PORT for the REST API (default 127.0.0.1:8100)")
         parser.add_argument("--data-dir", help="where the SQLite store lives (default ./mailowl-data)")
@@ -41,6 +43,10 @@ def _load(args: argparse.Namespace) -> tuple[Config, Engine]:
         overrides.setdefault("server", {})["listen"] = args.listen
     if getattr(args, "data_dir", None):
         overrides.setdefault("server", {})["data_dir"] = args.data_dir
+    if getattr(args, "analyzers", None):
+        from mailowl.analyzers_conf import read_analyzers_conf
+
+        overrides["cortex"] = read_analyzers_conf(args.analyzers)
     config = load_config(args.config, overrides=overrides)
     return config, engine_for(config)
 

@@ -146,6 +146,33 @@ class ClamavConfig(_Section):
         return value
 
 
+class CortexConfig(_Section):
+    """PeekabooAV's [cortex] of analyzers.conf (``serve --analyzers FILE`` reads that file unchanged)."""
+
+    #: Cortex's REST API base, e.g. http://127.0.0.1:9001; empty: no Cortex (cortexreport is refused)
+    url: str = ""
+    #: Traffic Light Protocol of submissions
+    tlp: Literal["white", "green", "amber", "red"] = "amber"
+    #: sent as Authorization: Bearer <api_token>
+    api_token: str = ""
+    #: seconds between status checks when Cortex cannot wait for a job itself (no waitreport), and
+    #: before retrying after Cortex could not be reached
+    poll_interval: Annotated[float, BeforeValidator(_seconds), Field(gt=0, le=3600)] = 5.0
+    #: upload under the declared file name; else as <sha256>.<extension>
+    submit_original_filename: bool = True
+    #: seconds a job is waited for before the sample's verdict is failed
+    maximum_job_age: Annotated[float, BeforeValidator(_seconds), Field(gt=0, le=7 * 86400)] = 900.0
+    #: seconds one waitreport request may block in Cortex; 0 polls every poll_interval instead
+    wait: Annotated[float, BeforeValidator(_seconds), Field(ge=0, le=600)] = 60.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("expected an http:// or https:// URL such as http://127.0.0.1:9001")
+        return value
+
+
 class MilterConfig(_Section):
     #: HOST:PORT for Postfix's smtpd_milters = inet:HOST:PORT; empty turns the milter off
     listen: str = "127.0.0.1:8101"
@@ -226,6 +253,7 @@ class Config(_Section):
     queue: QueueConfig = QueueConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     clamav: ClamavConfig = ClamavConfig()
+    cortex: CortexConfig = CortexConfig()
 
     @property
     def store_url(self) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from mailowl.analysis.archive import ArchiveLimits, Budget
 from mailowl.analysis.clamav import Clamd
+from mailowl.analysis.cortex import CortexSettings
 from mailowl.analysis.sample import Sample
 
 #: how a field looks in JSON (``mailowl expr``): as it is, a set as a list, a result by its name
@@ -35,6 +36,8 @@ class Resources:
     yara_rules: Any = None
     archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)
     clamd: Clamd | None = None
+    #: [cortex] (or serve --analyzers); None: expressions reading cortexreport are refused
+    cortex: CortexSettings | None = None
 
 
 #: one run: the sample, the shared resources, and the archive budget of the top-level sample

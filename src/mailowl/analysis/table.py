@@ -6,6 +6,7 @@ from __future__ import annotations
 from mailowl.analysis.archive import Budget, unpack
 from mailowl.analysis.clamav import ClamavError, ClamavReport, clamav_report
 from mailowl.analysis.contract import Analyser, Field, Kind, Resources
+from mailowl.analysis.cortex import KNOWN, CortexReport, empty_report
 from mailowl.analysis.filetype import file_report
 from mailowl.analysis.ole import ole_report
 from mailowl.analysis.pe import pe_report
@@ -18,6 +19,10 @@ S: Kind = "set"
 
 def _clamd_missing(resources: Resources) -> str | None:
     return None if resources.clamd is not None else "clamd is not configured ([clamav] socket)"
+
+
+def _cortex_missing(resources: Resources) -> str | None:
+    return None if resources.cortex is not None else "Cortex is not configured ([cortex] url, or serve --analyzers)"
 
 
 def _clamav(sample: Sample, resources: Resources, budget: Budget) -> ClamavReport:
@@ -55,4 +60,8 @@ ANALYSERS: dict[str, Analyser] = {a.report: a for a in (
     Analyser("clamavreport", {
         "infected": Field(P, False), "signatures": Field(P, []),
     }, _clamav, "worker", "[clamav] timeout", _clamd_missing, summary="ClamAV (clamd, INSTREAM)"),
+    # the fields are PeekabooAV's five analyzers; any other analyzer is read as <AnalyzerName>Report
+    Analyser("cortexreport", {name: Field(P, empty_report(name)) for name in KNOWN},
+             lambda sample, resources, budget: CortexReport(), "loop", "[cortex] maximum_job_age", _cortex_missing,
+             summary="Cortex analyzers (FileInfo, VirusTotal, ...): the sample waits parked, holding no worker"),
 )}

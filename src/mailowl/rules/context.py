@@ -91,9 +91,10 @@ class AnalysisContext:
     def facts(self, names: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
         """What expressions can read about the sample, in the shape of ``mailowl expr eval --facts``:
         the reports computed so far, and those named (computed now, if they can be here)."""
+        names = [name for name in names if name != "cortexreport"]  # reading it would submit to Cortex
         for name in names:
             with contextlib.suppress(LookupError):  # e.g. clamavreport without a clamd
                 self.report(name)
         reports = {"sample": SampleView(self.sample), **self.sample.reports}
         return {name: {attr: to_json(fact(getattr(reports[name], attr))) for attr in sorted(attrs)}
-                for name, attrs in REPORTS.items() if name in reports}
+                for name, attrs in REPORTS.items() if name in reports and name != "cortexreport"}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from mailowl.analysis import activity
 from mailowl.analysis.archive import Budget
 from mailowl.analysis.contract import Resources
+from mailowl.analysis.cortex import NeedsRemote
 from mailowl.analysis.sample import Sample
 from mailowl.results import Result, RuleResult
 from mailowl.rules import Rule
@@ -58,7 +59,8 @@ class Engine:
 
     def run(self, sample: Sample, journal: JournalLookup = _no_journal, budget: Budget | None = None) -> Verdict:
         """Evaluate rules in order. The verdict is the worst result seen, with the reason of the last
-        rule that reached it; a rule that raises makes the verdict ``failed`` and ends the run.
+        rule that reached it; a rule that raises makes the verdict ``failed`` and ends the run, except
+        NeedsRemote (a remote report is needed: the sample is parked), which is raised to the caller.
         ``budget`` is the archive budget of the top-level sample when ``sample`` is an archive member."""
         if budget is None:
             budget = Budget(self.resources.archive_limits, sample.size)
@@ -70,6 +72,8 @@ class Engine:
             activity.doing(f"rule {rule.name}")
             try:
                 outcome = rule.evaluate(ctx)
+            except NeedsRemote:
+                raise  # not a verdict: the caller parks the sample and runs the ruleset again later
             except Exception as exc:
                 log.warning("rule %s failed on %s", rule.name, sample.sha256, exc_info=True)
                 outcome = RuleResult(rule.name, Result.failed,

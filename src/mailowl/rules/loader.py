@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailowl.analysis.clamav import Clamd
 from mailowl.analysis.contract import Resources
+from mailowl.analysis.cortex import CortexSettings
 from mailowl.rules import RULES, Rule, RulesetError, load_builtin_rules
 from mailowl.rules.engine import Engine
 from mailowl.tomlfile import load_toml
@@ -136,4 +137,8 @@ def engine_for(config: Config) -> Engine:
     resources = Resources()
     if config.clamav.socket:
         resources.clamd = Clamd(config.clamav.socket, config.clamav.timeout)
+    cortex = config.cortex
+    if cortex.url:
+        resources.cortex = CortexSettings(cortex.url, cortex.tlp, cortex.api_token, cortex.poll_interval,
+                                          cortex.submit_original_filename, cortex.maximum_job_age, cortex.wait)
     return load_engine(config.ruleset_path, resources)
