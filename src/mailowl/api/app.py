@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -17,11 +18,14 @@ from starlette.routing import Route
 from mailowl import __version__
 from mailowl.analysis.sample import Sample
 from mailowl.api.ids import BadId, parse_job_id, parse_support_id
+from mailowl.api.messages import MessagesApi
 from mailowl.api.openapi import openapi_document
 from mailowl.api.upload import UploadError, boundary_of, read_form, receive_body
 from mailowl.core.service import AnalysisService, QueueFull
+from mailowl.mail.policy import MailPolicy
 from mailowl.store import Job, StoreError
 
+log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 _FORM_OVERHEAD = 64 * 1024
@@ -57,9 +61,10 @@ class V1FastPath:
     sample, and Starlette's layers would cost more than the answer itself. Everything else goes on to
     the Starlette application."""
 
-    def __init__(self, app: ASGIApp, api: Api) -> None:
+    def __init__(self, app: ASGIApp, api: Api, messages: MessagesApi | None = None) -> None:
         self.app = app
         self.api = api
+        self.messages = messages
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -76,6 +81,14 @@ class V1FastPath:
                 status, payload, job, _ = await self.api.submit(headers, receive_body(receive), v2=False)
                 if job is not None:
                     payload = {"job_id": job.id}
+                await send_json(send, status, payload, [(b"retry-after", b"5")] if status == 503 else None)
+                return
+            if path == "/v2/messages" and method == "POST" and self.messages is not None:
+                try:
+                    status, payload = await self.messages.post(scope, receive)
+                except Exception:  # answered like Starlette's 500 handler; the MTA hook tempfails
+                    log.exception("POST /v2/messages failed")
+                    status, payload = 500, {"message": "Internal error; see the mailowl log"}
                 await send_json(send, status, payload, [(b"retry-after", b"5")] if status == 503 else None)
                 return
         await self.app(scope, receive, send)
@@ -217,7 +230,10 @@ class Api:
 
     # operations ---------------------------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
-        return JSON({"status": "ok", "queue": self.service.pending})
+        health: dict[str, Any] = {"status": "ok", "queue": self.service.pending}
+        if self.service.parking is not None:  # parked samples, and a configuration error (wrong api_token)
+            health["cortex"] = self.service.parking.health()
+        return JSON(health)
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -244,6 +260,10 @@ def _options(raw: bytes) -> dict[str, Any]:
     return options
 
 
+async def _post_only(request: Request) -> Response:
+    return error(405, f"Method {request.method} not allowed for URL {request.url.path}")
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     return error(404, f"Requested URL {request.url.path} not found")
 
@@ -258,13 +278,17 @@ async def _crash(request: Request, exc: Exception) -> Response:
 
 def create_app(service: AnalysisService, max_sample_size: int, token: str = "",
                lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]] | None = None,
-               report_wait: float = 0.0) -> Any:
+               report_wait: float = 0.0, policy: MailPolicy | None = None) -> Any:
     api = Api(service, max_sample_size, report_wait)
+    # the message API decides with the mail policy the milter and the content filter use, and takes
+    # messages up to the content filter's SMTP SIZE limit
+    messages = MessagesApi(service, policy or MailPolicy(), max_sample_size * 4)
     routes = [
         Route("/", api.root, methods=["GET"]),
         Route("/ping", api.ping, methods=["GET"]),
         Route("/v2/scan", api.scan_v2, methods=["POST"]),
         Route("/v2/jobs/{job_id}", api.job_v2, methods=["GET"]),
+        Route("/v2/messages", _post_only, methods=["GET"]),  # POST is served by V1FastPath
         Route("/v2/messages/{support_id}", api.message_v2, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
@@ -272,7 +296,7 @@ def create_app(service: AnalysisService, max_sample_size: int, token: str = "",
     ]
     app: Any = Starlette(routes=routes, lifespan=lifespan,
                          exception_handlers={404: _not_found, 405: _method, 500: _crash})
-    app = V1FastPath(app, api)
+    app = V1FastPath(app, api, messages)
     if token:
         app = BearerAuth(app, token)
     return app

@@ -41,6 +41,38 @@ _JOB = {
     },
 }
 
+_ACTION = {"type": "string", "enum": ["accept", "tempfail", "reject", "quarantine", "discard"]}
+_PART = {"type": "object", "properties": {
+    "filename": {"type": ["string", "null"]}, "content_type": {"type": ["string", "null"]},
+    "disposition": {"type": ["string", "null"]}, "size": {"type": "integer"}, "sha256": {"type": ["string", "null"]},
+    "job_id": {"type": ["integer", "null"], "description": "null when a cached verdict answered"},
+    "state": {"type": "string", "enum": ["pending", "done"]}, "result": {"anyOf": [_RESULT, {"type": "null"}]},
+    "reason": {"type": ["string", "null"]}}}
+_DECISION = {
+    "type": "object",
+    "required": ["support_id", "action", "code", "status", "text", "reply", "verdict", "header", "parts"],
+    "properties": {
+        "support_id": {"type": "string", "description": "finds the message: GET /v2/messages/{support_id}"},
+        "action": _ACTION,
+        "code": {"type": "integer", "description": "SMTP reply code: 250, 451 or 554"},
+        "status": {"type": "string", "description": "enhanced status code, e.g. 5.7.1"},
+        "text": {"type": "string"},
+        "reply": {"type": "string", "description": "the whole SMTP reply: code, status, text and support id"},
+        "verdict": {"type": "string", "description": "worst part result, pending, clean or unparsable"},
+        "header": {"type": ["object", "null"], "description": "to add to accepted and quarantined mail",
+                   "properties": {"name": {"type": "string"}, "value": {"type": "string"}}},
+        "parts": {"type": "array", "items": _PART},
+        "incomplete": {"type": "boolean", "description": "a limit stopped the extraction"},
+        "findings": {"type": "array", "items": {"type": "string"}},
+        "envelope": {"type": "object"},
+    },
+}
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema or {"type": "string"},
+            "description": description}
+
 
 def _resp(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -90,6 +122,28 @@ def openapi_document() -> dict[str, Any]:
                      "description": "long-poll: seconds to wait for the verdict"}],
                 "responses": {"200": _resp("job", _JOB), "400": _resp("bad id or wait", _MESSAGE),
                               "404": _resp("no such job", _MESSAGE)}}},
+            "/v2/messages": {"post": {
+                "summary": "mailowl's decision for a whole message: the milter's extraction and policy",
+                "parameters": [
+                    _query("from", "envelope sender"),
+                    {**_query("rcpt", "envelope recipient; repeat for several"), "explode": True},
+                    _query("ip", "the SMTP client's address"), _query("hostname", "the SMTP client's name"),
+                    _query("helo", "the SMTP client's HELO/EHLO name"), _query("queue_id", "the MTA's queue id"),
+                    _query("wait", "seconds to wait for verdicts before answering tempfail (default mail.wait)",
+                           {"type": "number", "minimum": 0, "maximum": 300})],
+                "requestBody": {"required": True, "content": {"message/rfc822": {"schema": {
+                    "type": "string", "format": "binary", "description": "the raw RFC 5322 message"}}}},
+                "responses": {"200": _resp("the decision (also for reject and tempfail)", _DECISION),
+                              "400": _resp("unknown or malformed query parameter, empty body", _MESSAGE),
+                              "401": errors["401"], "408": errors["408"],
+                              "413": _resp("message larger than 4 × max_sample_size", _MESSAGE),
+                              "415": _resp("Content-Type is not message/rfc822", _MESSAGE),
+                              "503": _resp("store unavailable; see Retry-After", _MESSAGE)}}},
+            "/v2/messages/{support_id}": {"get": {
+                "summary": "a decided message: envelope, action, reply, every part with its job",
+                "parameters": [{"name": "support_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _resp("message record", {"type": "object"}),
+                              "400": _resp("not a support id", _MESSAGE), "404": _resp("no such message", _MESSAGE)}}},
             "/healthz": {"get": {"summary": "health (no token needed)", "security": [],
                                  "responses": {"200": _resp("ok", {"type": "object"})}}},
             "/metrics": {"get": {"summary": "Prometheus metrics",

@@ -47,6 +47,9 @@ class Envelope:
     rcpt_to: list[str] = field(default_factory=list)
     client_ip: str | None = None
     client_name: str | None = None
+    #: given by the message API's callers (rspamd, Exim, ...); answered back, not stored
+    helo: str | None = None
+    queue_id: str | None = None
 
 
 @dataclass
