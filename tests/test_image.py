@@ -119,6 +119,19 @@ def test_image_configuration(image: dict[str, Any]) -> None:
     assert image["Healthcheck"]["Test"][0] == "CMD"
 
 
+def test_image_holds_this_checkout(image: dict[str, Any]) -> None:
+    """The mailowl in the image is this checkout's, not a stale build cache's."""
+    root = Path(_run(["podman", "image", "mount", IMAGE]).strip())
+    try:
+        (installed,) = root.glob("opt/mailowl/lib/python3*/site-packages/mailowl")
+        stale = [str(path.relative_to(ROOT / "src")) for path in (ROOT / "src" / "mailowl").rglob("*.py")
+                 if "__pycache__" not in path.parts
+                 and (installed / path.relative_to(ROOT / "src" / "mailowl")).read_bytes() != path.read_bytes()]
+    finally:
+        subprocess.run(["podman", "image", "unmount", IMAGE], capture_output=True)
+    assert not stale, f"the image's copies differ from the checkout: {stale}"
+
+
 class Started:
     """The image's filesystem running its command: mount, PID and network namespaces of its own."""
 
