@@ -63,9 +63,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "postgresql": {"enabled": True},
         "auth": {"token": "t0ken-for-the-api"},
     },
-    "token": {       # one pod on SQLite with a token, a mailowl.toml, a ruleset and the content filter
+    "token": {       # one pod on SQLite with a token, a mailowl.toml, a ruleset, Cortex and the content filter
         "auth": {"token": "t0ken-for-the-api"},
-        "config": '[queue]\nworkers = 3\n\n[mail]\non_failed = "accept"\n',
+        "config": '[queue]\nworkers = 3\n\n[mail]\non_failed = "accept"\n\n[cortex]\nurl = "http://cortex:9001"\n',
+        "cortex": {"apiToken": "cortex-key"},
         "ruleset": {"file": "ruleset.conf", "content": RULESET},
         "smtp": {"enabled": True, "nextHop": "postfix.mail.svc:10026"},
         "milter": {"enabled": False},
@@ -165,6 +166,18 @@ def test_lint_reports_a_broken_chart(tmp_path: Path) -> None:
     (broken / "templates" / "broken.yaml").write_text('{{ include "mailowl.nothing" . }}\n')
     report = helm.lint(broken, {}, strict=True)
     assert [m for m in report["messages"] if m["severity"] == 3], report
+
+
+def test_chart_readme_links_resolve() -> None:
+    from .test_docs_links import anchors, links
+
+    readme = CHART / "README.md"
+    for link in links(readme.read_text()):
+        path, _, fragment = link.partition("#")
+        target = (readme.parent / path).resolve()
+        assert target.exists(), link
+        if fragment:
+            assert fragment in anchors(target.read_text()), link
 
 
 def test_image_tag_is_mailowls_version(chart: helm.Chart) -> None:
@@ -405,6 +418,7 @@ def test_mailowl_accepts_the_pods_configuration(chart: helm.Chart, values: str, 
             "name": service["metadata"]["name"], "key": "password"}
     if values == "token":
         assert config.queue.workers == 3 and config.mail.on_failed == "accept"
+        assert (config.cortex.url, config.cortex.api_token) == ("http://cortex:9001", "cortex-key")
         assert config.smtp.next_hop == "postfix.mail.svc:10026"
         assert config.ruleset_path == tmp_path / "ruleset.conf"
         assert load_engine(config.ruleset_path).rule_names == ["known", "file_larger_than", "final_rule"]
@@ -422,12 +436,13 @@ def test_service_links_would_stop_mailowl(chart: helm.Chart, tmp_path: Path) -> 
 
 
 def test_cortex_key_is_wired_only_when_set(chart: helm.Chart) -> None:
-    """[cortex] api_token (issue 8) reaches the pod as MAILOWL_CORTEX_API_TOKEN only when a key is given:
-    until mailowl has that setting, the variable would stop it."""
+    """[cortex] api_token reaches the pod as MAILOWL_CORTEX_API_TOKEN, from the Secret, only when a key is
+    given (mailowl reads it above, in the "token" values)."""
     for values in VALUE_SETS.values():
         docs = render(chart, values)
-        assert "MAILOWL_CORTEX_API_TOKEN" not in env_of(mailowl_container(docs))
-        assert all("cortex-api-token" not in (s.get("data") or {}) for s in by_kind(docs, "Secret"))
+        wired = "MAILOWL_CORTEX_API_TOKEN" in env_of(mailowl_container(docs))
+        stored = any("cortex-api-token" in (s.get("data") or {}) for s in by_kind(docs, "Secret"))
+        assert wired == stored == bool(values.get("cortex", {}).get("apiToken"))
     docs = render(chart, {"cortex": {"apiToken": "cortex-key"}})
     ref = env_of(mailowl_container(docs))["MAILOWL_CORTEX_API_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert secret_data(docs, ref["name"])[ref["key"]] == "cortex-key"
