@@ -17,8 +17,10 @@ from typing import Any
 
 from mailowl import metrics
 from mailowl.analysis import activity
+from mailowl.analysis.cortex import NeedsRemote
 from mailowl.analysis.filetype import FileReport
 from mailowl.analysis.sample import Sample
+from mailowl.core.parking import Parking
 from mailowl.core.workers import Worker, WorkerDied, WorkerTimeout, needs_isolation
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.results import Result
@@ -70,6 +72,8 @@ class AnalysisService:
         self._lookups: set[asyncio.Task[None]] = set()
         #: queued sample (by object id) -> its in-flight key
         self._keys: dict[int, str] = {}
+        #: samples waiting for Cortex (None: Cortex is not configured)
+        self.parking: Parking | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -87,6 +91,10 @@ class AnalysisService:
         self._workers = [Worker(run, f"analysis-{i}", limit) for i in range(self.workers)]
         self._threads = [self._spawn(worker) for worker in self._workers]
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        if self.engine.resources.cortex is not None:
+            self.parking = Parking(self.engine.resources.cortex, self.store, self._unparked, self._park_failed)
+            for key, jobs in await self.parking.resume_all(self.store.get_job):
+                self._in_flight.setdefault(key, []).extend(jobs)
 
     def _spawn(self, worker: Worker) -> threading.Thread:
         thread = threading.Thread(target=self._thread, args=(worker,), name=worker.name, daemon=True)
@@ -131,6 +139,11 @@ class AnalysisService:
         await asyncio.sleep(0)  # let verdicts the threads handed over land first
         for task in list(self._lookups):
             task.cancel()
+        if self.parking is not None:  # parked jobs stay pending in the store: the next start resumes them
+            for entry in self.parking.parked.values():
+                self._in_flight.pop(entry.key, None)
+            await self.parking.stop()
+            self.parking = None
         interrupted = Verdict(Result.failed, _INTERRUPTED, [])
         while True:
             try:
@@ -236,6 +249,7 @@ class AnalysisService:
                 if item is None:
                     return
                 sample, journal, started = item
+                verdict: Verdict | NeedsRemote
                 if self._stopping:
                     verdict = Verdict(Result.failed, _INTERRUPTED, [])
                 elif needs_isolation(sample.content):
@@ -249,7 +263,7 @@ class AnalysisService:
         finally:
             worker.kill()
 
-    def _in_thread(self, sample: Sample, journal: KnownReport, started: float) -> Verdict:
+    def _in_thread(self, sample: Sample, journal: KnownReport, started: float) -> Verdict | NeedsRemote:
         """The verdict of a small sample no parser that can hang looks at (``needs_isolation``); if it
         hangs all the same, the watchdog answers it and replaces this thread."""
         me = threading.current_thread()
@@ -257,6 +271,8 @@ class AnalysisService:
         try:
             verdict = self._run(sample, journal)
             sample.sha1, sample.md5  # noqa: B018 (hashes computed here, in the worker thread)
+        except NeedsRemote as need:
+            return need  # parked by _finished_in_thread
         except Exception as exc:  # never lose a job: a broken analysis is failed, not bad
             log.exception("analysis of %s crashed", sample.sha256)
             verdict = Verdict(Result.failed, f"Analysis crashed: {type(exc).__name__}: {exc}", [])
@@ -264,7 +280,7 @@ class AnalysisService:
             self._busy.pop(me, None)
         return verdict
 
-    def _in_worker(self, worker: Worker, sample: Sample, journal: KnownReport) -> Verdict:
+    def _in_worker(self, worker: Worker, sample: Sample, journal: KnownReport) -> Verdict | NeedsRemote:
         """The verdict of the worker process; never raises: a broken analysis is failed, never bad."""
 
         def lookup(identity: str, timeout: float) -> KnownReport:
@@ -274,6 +290,8 @@ class AnalysisService:
 
         try:
             outcome = worker.analyse(sample, journal, lookup, self.timeout)
+        except NeedsRemote as need:
+            return need  # parked by _finished_in_thread
         except (WorkerTimeout, WorkerDied) as exc:
             if self._stopping:
                 return Verdict(Result.failed, _INTERRUPTED, [])
@@ -288,10 +306,42 @@ class AnalysisService:
         sample.reports["filereport"] = FileReport(outcome.type_by_content, sample.type_by_name)
         return Verdict.from_wire(outcome.verdict)
 
-    def _finished_in_thread(self, sample: Sample, verdict: Verdict, started: float) -> None:
+    def _finished_in_thread(self, sample: Sample, verdict: Verdict | NeedsRemote, started: float) -> None:
         key = self._keys.pop(id(sample), None)
-        if key is not None:  # None: stop() already answered it
-            self._complete(key, sample, verdict, started)
+        if key is None:  # stop() already answered it
+            return
+        if isinstance(verdict, NeedsRemote):  # wait for Cortex without holding a worker
+            self._park(key, sample, verdict)
+            return
+        self._complete(key, sample, verdict, started)
+
+    # parking (Cortex) --------------------------------------------------------------------------------------
+    def _park(self, key: str, sample: Sample, need: NeedsRemote) -> None:
+        if self.parking is None or self._stopping:
+            reason = _INTERRUPTED if self._stopping else f"{need}: Cortex is not configured"
+            self._complete(key, sample, Verdict(Result.failed, reason, []), 0.0)
+            return
+        self.pending -= 1  # parked samples do not fill the queue
+        metrics.QUEUE_DEPTH.set(self.pending)
+        self.parking.park(key, sample, self._in_flight.get(key, []), need)
+
+    def _unparked(self, key: str, sample: Sample) -> None:
+        """Cortex has answered (or failed): the ruleset runs again from the start with the report."""
+        if self._stopping or key not in self._in_flight:
+            return
+        self.pending += 1
+        metrics.QUEUE_DEPTH.set(self.pending)
+        task = asyncio.get_running_loop().create_task(self._look_up(key, sample))
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
+
+    def _park_failed(self, key: str, reason: str) -> None:
+        now = datetime.now(UTC)
+        counter = metrics.job_counter(Result.failed.name)
+        for job in self._in_flight.pop(key, []):
+            job.finish(Result.failed, reason, [], now)
+            self.store.job_finished(job)
+            counter.inc()
 
     def _run(self, sample: Sample, journal: KnownReport) -> Verdict:
         top = sample.identity

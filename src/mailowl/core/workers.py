@@ -29,6 +29,7 @@ from typing import Any
 
 from mailowl.analysis import activity
 from mailowl.analysis.archive import detect_format
+from mailowl.analysis.cortex import CortexReport, NeedsRemote
 from mailowl.analysis.filetype import FileReport
 from mailowl.analysis.ole import could_hold_macros
 from mailowl.analysis.sample import Sample
@@ -142,8 +143,10 @@ class Worker:
             # small content travels in the same message (one write); large content separately, so it
             # is never copied into a pickle in this process
             inline = sample.content if len(sample.content) <= _INLINE_MAX else None
+            cortex = sample.reports.get("cortexreport")  # the Cortex reports attached so far
+            remote = (cortex.reports, cortex.failure) if isinstance(cortex, CortexReport) else None
             conn.send((sample.filename, sample.type_declared, sample.content_disposition, sample.sha256,
-                       sample.identity, journal, inline))
+                       sample.identity, journal, inline, remote))
             if inline is None:
                 conn.send_bytes(sample.content)
             while True:
@@ -164,6 +167,8 @@ class Worker:
                     conn.send(answer)
                 elif message[0] == "done":
                     return Outcome(*message[1:])
+                elif message[0] == "park":
+                    raise NeedsRemote(*message[1:])
                 else:
                     raise WorkerError(message[1])
         except (EOFError, OSError):
@@ -263,13 +268,15 @@ def _child(conn: Connection, run: Run, slot: mmap.mmap, memory_limit: int, paren
     _limit_memory(memory_limit)
     while True:
         try:
-            filename, type_declared, disposition, sha256, identity, journal, content = conn.recv()
+            filename, type_declared, disposition, sha256, identity, journal, content, remote = conn.recv()
             if content is None:
                 content = conn.recv_bytes()
         except (EOFError, OSError):
             return
         sample = Sample(content, filename=filename, type_declared=type_declared, content_disposition=disposition)
         sample.__dict__["sha256"], sample.__dict__["identity"] = sha256, identity  # computed by the parent
+        if remote is not None:
+            sample.reports["cortexreport"] = CortexReport(*remote)
 
         def lookup(wanted: str, top: str = identity, known: KnownReport = journal) -> KnownReport:
             if wanted == top:
@@ -284,6 +291,8 @@ def _child(conn: Connection, run: Run, slot: mmap.mmap, memory_limit: int, paren
             report = sample.reports.get("filereport")
             message = ("done", verdict, sample.sha1, sample.md5,
                        report.type_by_content if isinstance(report, FileReport) else None)
+        except NeedsRemote as need:  # the parent parks the sample until Cortex has answered
+            message = ("park", need.analyser, need.analyzer, need.data_type)
         except Exception as exc:
             log.exception("analysis of %s crashed", sha256)
             message = ("error", f"{type(exc).__name__}: {exc}")

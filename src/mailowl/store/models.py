@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql
 
 metadata = MetaData()
 
@@ -52,4 +64,25 @@ messages = Table(
     Column("parts", Text),
     Column("findings", Text),
     Index("ix_messages_created", "created_at"),
+)
+
+#: samples waiting for a remote analysis (Cortex): the sample itself, the jobs waiting for its verdict,
+#: and the remote job being tracked; a restart resumes tracking them (store/parked.py)
+parked = Table(
+    "parked",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("identity", String(64), nullable=False),
+    Column("job_ids", Text, nullable=False),
+    Column("analyzer", String(255), nullable=False),
+    Column("data_type", String(16), nullable=False),
+    Column("remote_job", String(255)),
+    Column("submitted_at", DateTime(timezone=True), nullable=False),
+    Column("deadline", DateTime(timezone=True), nullable=False),
+    Column("filename", String(512)),
+    Column("type_declared", String(255)),
+    Column("content_disposition", String(255)),
+    Column("reports", Text, nullable=False),
+    Column("content", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"), nullable=False),
+    sqlite_autoincrement=True,
 )

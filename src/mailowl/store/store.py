@@ -37,6 +37,7 @@ from mailowl.store.jobs import DONE, PENDING, Job
 from mailowl.store.journal import JournalEntry, KnownReport, append_compact
 from mailowl.store.migrate import upgrade
 from mailowl.store.models import jobs, messages
+from mailowl.store.parked import ParkedTable
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ class Store:
             await engine.dispose()
             raise StoreError(f"store {url.render_as_string(hide_password=True)}: {exc}") from exc
         self.engine = engine
+        #: samples parked while Cortex analyses them (core/parking.py)
+        self.parked = ParkedTable(self.url, engine)
         await self._load_seen()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         self._reader = asyncio.create_task(self._lookup_loop(), name="store-reader")
@@ -159,6 +162,7 @@ class Store:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self.engine is not None:
+            self.parked.close()
             await self.engine.dispose()
         if self._checkpoints is not None:
             await asyncio.to_thread(self._checkpoints.stop)
@@ -425,6 +429,8 @@ class Store:
         alone; a run on another host counts as dead only once its pending job is a day old."""
         assert self.engine is not None
         now = self.clock()
+        # parked samples' jobs are not lost: the next start resumes tracking them (core/parking.py)
+        waiting = await self.parked.job_ids()
         async with self.engine.begin() as conn:
             runs = [r for (r,) in await conn.execute(select(jobs.c.run).where(jobs.c.state == PENDING).distinct())]
             here = [r for r in runs if r is not None and _on_this_host(r)]
@@ -433,7 +439,7 @@ class Store:
             condition = or_(jobs.c.run.is_(None), jobs.c.run.in_(dead),
                             and_(jobs.c.run.in_(elsewhere), jobs.c.created_at < now - timedelta(days=1)))
             result = await conn.execute(
-                update(jobs).where(jobs.c.state == PENDING, condition).values(
+                update(jobs).where(jobs.c.state == PENDING, condition, jobs.c.id.not_in(waiting)).values(
                     state=DONE, result=Result.failed.name, finished_at=now,
                     reason="Analysis was interrupted: the mailowl process running it stopped"))
         return int(result.rowcount or 0)

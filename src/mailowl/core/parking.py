@@ -1,0 +1,234 @@
+"""Parking: samples waiting for Cortex are held by no worker; their ruleset runs again with the report.
+
+When an expression reads a Cortex report the sample does not have yet, the analysis ends with
+NeedsRemote instead of a verdict. The service hands the sample here: its row in the store (the sample's
+bytes, the jobs waiting, the Cortex job) is written first, so a restart resumes tracking it; then the
+job is submitted to Cortex and waited for on the event loop (``waitreport``, or polling ``report`` every
+``poll_interval`` where Cortex has no waitreport). While it waits, memory holds a small record and the
+waiting jobs, not the sample. When the report arrives (or the job fails, is deleted, sends a malformed
+report or outlives ``maximum_job_age``), the sample is read back, the report or the failure attached,
+and it goes back into the queue: the ruleset runs again from the start, as in PeekabooAV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from mailowl import metrics
+from mailowl.analysis.cortex import (
+    CortexClient,
+    CortexError,
+    CortexReport,
+    CortexSettings,
+    Malformed,
+    NeedsRemote,
+    validate,
+)
+from mailowl.analysis.sample import Sample
+from mailowl.store import Job, Store
+
+log = logging.getLogger(__name__)
+_ANALYSER = "cortexreport"
+
+
+@dataclass(slots=True)
+class Parked:
+    """What memory holds of a parked sample."""
+
+    row: int
+    key: str
+    identity: str
+    analyzer: str
+    data_type: str
+    remote_job: str | None
+    submitted: float
+    deadline: float
+    filename: str | None
+    type_declared: str | None
+    content_disposition: str | None
+    reports: dict[str, Any] = field(default_factory=dict)
+
+
+class Parking:
+    def __init__(self, settings: CortexSettings, store: Store, resume: Callable[[str, Sample], None],
+                 fail: Callable[[str, str], None], clock: Callable[[], float] = time.time,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        #: hands a sample back to the service's queue under its in-flight key
+        self.resume = resume
+        #: answers a key's jobs failed when its sample cannot be handed back
+        self.fail = fail
+        self.clock = clock
+        self.client = CortexClient(settings, transport, on_error=self._error)
+        self.parked: dict[int, Parked] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: waitreport works (until Cortex answers 404 for it)
+        self._wait = settings.wait > 0
+
+    def _error(self, kind: str, analyzer: str = "any") -> None:
+        metrics.BACKEND_ERRORS.labels(_ANALYSER, "cortex", kind).inc()
+
+    def health(self) -> dict[str, Any]:
+        return {"url": self.settings.url, "parked": len(self.parked), "problem": self.client.problem}
+
+    # parking -------------------------------------------------------------------------------------------
+    def park(self, key: str, sample: Sample, jobs: list[Job], need: NeedsRemote) -> None:
+        """Take the sample out of the queue until Cortex has answered; called on the event loop."""
+        self._spawn(self._park(key, sample, list(jobs), need))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _park(self, key: str, sample: Sample, jobs: list[Job], need: NeedsRemote) -> None:
+        cortex = sample.reports.get(_ANALYSER)
+        reports = dict(cortex.reports) if isinstance(cortex, CortexReport) else {}
+        now = self.clock()
+        try:
+            for job in jobs:
+                await self.store.committed(job)
+            row = await self.store.parked.add(sample.identity, [j.id for j in jobs], need.analyzer,
+                                 need.data_type, _utc(now), _utc(now + self.settings.maximum_job_age),
+                                 sample.filename, sample.type_declared, sample.content_disposition, reports,
+                                 sample.content)
+        except Exception as exc:
+            log.error("sample %s could not be parked for Cortex: %s", sample.sha256, exc)
+            self.fail(key, f"Cortex analysis not started: the sample could not be parked in the store: {exc}")
+            return
+        entry = Parked(row, key, sample.identity, need.analyzer, need.data_type, None, now,
+                       now + self.settings.maximum_job_age, sample.filename, sample.type_declared,
+                       sample.content_disposition, reports)
+        self.parked[row] = entry
+        metrics.PARKED.set(len(self.parked))
+        await self._track(entry, sample)
+
+    async def resume_all(self, jobs_by_id: Callable[[int], Any]) -> list[tuple[str, list[Job]]]:
+        """After a restart: track every parked row again. Returns (key, jobs) of each, for the service's
+        in-flight table; rows whose jobs are all gone are dropped."""
+        resumed = []
+        for row in await self.store.parked.all_rows():
+            jobs = [job for job in [await jobs_by_id(i) for i in row.job_ids] if job is not None and not job.finished]
+            if not jobs:
+                await self.store.parked.remove(row.id)
+                continue
+            entry = Parked(row.id, row.identity, row.identity, row.analyzer, row.data_type, row.remote_job,
+                           row.submitted_at.timestamp(), row.deadline.timestamp(), row.filename,
+                           row.type_declared, row.content_disposition, row.reports)
+            self.parked[row.id] = entry
+            resumed.append((entry.key, jobs))
+            self._spawn(self._track(entry, None))
+        metrics.PARKED.set(len(self.parked))
+        return resumed
+
+    # tracking ------------------------------------------------------------------------------------------
+    async def _track(self, entry: Parked, sample: Sample | None) -> None:
+        failure: str | None = None
+        try:
+            if entry.remote_job is None:
+                failure = await self._submit(entry, sample)
+            sample = None  # nothing of the sample stays in memory while Cortex works
+            if failure is None:
+                failure = await self._wait_for(entry)
+        except asyncio.CancelledError:
+            raise  # shutdown: the row stays, the next start resumes it
+        except Exception as exc:  # never lose a parked sample
+            log.exception("tracking Cortex job %s failed", entry.remote_job)
+            failure = f"Cortex analysis by {entry.analyzer} failed: {type(exc).__name__}: {exc}"
+        await self._unpark(entry, failure)
+
+    async def _submit(self, entry: Parked, sample: Sample | None) -> str | None:
+        content = sample.content if sample is not None else await self.store.parked.content(entry.row)
+        if content is None:
+            return "Cortex analysis failed: the parked sample is gone from the store"
+        probe = Sample(content, filename=entry.filename, type_declared=entry.type_declared,
+                       content_disposition=entry.content_disposition)
+        try:
+            entry.remote_job = await self.client.submit(entry.analyzer, entry.data_type, content, probe.sha256,
+                                                        probe.filename, probe.file_extension, probe.type_declared)
+        except CortexError as exc:
+            if exc.kind == "auth":
+                log.error("%s", exc)
+            else:
+                log.warning("submitting sample %s to Cortex failed: %s", probe.sha256, exc)
+            self._error("submit")
+            return f"Cortex analysis could not be submitted to {entry.analyzer}: {exc}"
+        await self.store.parked.set_remote_job(entry.row, entry.remote_job)
+        log.info("sample %s parked: Cortex job %s of %s", probe.sha256, entry.remote_job, entry.analyzer)
+        return None
+
+    async def _wait_for(self, entry: Parked) -> str | None:
+        job = entry.remote_job
+        assert job is not None
+        while True:
+            left = entry.deadline - self.clock()
+            if left <= 0:
+                self._error("max_age")
+                return (f"Cortex job {job} of {entry.analyzer} did not finish within maximum_job_age "
+                        f"({self.settings.maximum_job_age:g} s)")
+            wait = min(self.settings.wait, left) if self._wait else 0
+            try:
+                status, report = await self.client.status(job, wait)
+            except CortexError as exc:
+                if exc.kind == "no_waitreport":
+                    self._wait = False
+                    continue
+                (log.error if exc.kind == "auth" else log.warning)("Cortex job %s: %s", job, exc)
+                await asyncio.sleep(min(self.settings.poll_interval, max(left, 0.01)))
+                continue
+            if status == "Success":
+                try:
+                    entry.reports[entry.analyzer] = validate(entry.analyzer, report)
+                except Malformed as exc:
+                    self._error("malformed")
+                    return f"Cortex analyzer {entry.analyzer} sent a malformed report (job {job}): {exc}"
+                metrics.BACKEND_LATENCY.labels(_ANALYSER, entry.analyzer).observe(self.clock() - entry.submitted)
+                return None
+            if status in ("Failure", "Deleted"):
+                self._error(status.lower())
+                why = report.get("errorMessage") if isinstance(report, dict) else None
+                return f"Cortex job {job} of {entry.analyzer} ended in state {status}" + (f": {why}" if why else "")
+            if not wait:
+                await asyncio.sleep(min(self.settings.poll_interval, left))
+
+    async def _unpark(self, entry: Parked, failure: str | None) -> None:
+        try:
+            content = await self.store.parked.content(entry.row)
+            await self.store.parked.remove(entry.row)
+        except Exception as exc:
+            log.error("parked sample %s could not be read back: %s", entry.identity, exc)
+            content = None
+        self.parked.pop(entry.row, None)
+        metrics.PARKED.set(len(self.parked))
+        if content is None:
+            self.fail(entry.key, failure or "Cortex analysis failed: the parked sample could not be read back")
+            return
+        sample = Sample(content, filename=entry.filename, type_declared=entry.type_declared,
+                        content_disposition=entry.content_disposition)
+        sample.reports[_ANALYSER] = CortexReport(entry.reports, failure)
+        self.resume(entry.key, sample)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.parked.clear()
+        metrics.PARKED.set(0)
+        await self.client.close()
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+__all__ = ["Parked", "Parking"]
