@@ -139,6 +139,9 @@ render runs it.
 {{- if or (not (regexMatch "^[-._a-zA-Z0-9]+$" (.Values.ruleset.file | toString))) (eq .Values.ruleset.file "mailowl.toml") -}}
 {{- fail "mailowl: ruleset.file must be a file name (letters, digits, - _ .) other than mailowl.toml, e.g. ruleset.conf or ruleset.toml" -}}
 {{- end -}}
+{{- if and .Values.postgresql.enabled (not (and (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" .Values.postgresql.auth.username) (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" .Values.postgresql.auth.database))) -}}
+{{- fail "mailowl: postgresql.auth.username and postgresql.auth.database may hold only letters, digits and _ (they become part of the database URL)" -}}
+{{- end -}}
 {{- if and .Values.smtp.enabled (not .Values.smtp.nextHop) -}}
 {{- fail "mailowl: smtp.enabled needs smtp.nextHop (HOST:PORT where accepted mail is relayed)" -}}
 {{- end -}}
