@@ -82,6 +82,8 @@ class CortexStandIn:
     #: seconds a job takes, and the state it ends in: Success, Failure, Deleted, or "never"
     delay: float = 0.0
     final: str = "Success"
+    #: the state a job ends in, by job (overrides ``final``)
+    final_for: Callable[[Job], str] | None = None
     #: the report of a successful job (may return something malformed)
     report: Report = by_content
     #: answer this many of the next requests with 503
@@ -141,6 +143,8 @@ class CortexStandIn:
         self._counter += 1
         job = Job(f"job-{self._counter}", names[0], data_type, tlp, filename, content_type, content, data,
                   time.monotonic(), self.delay, self.final)
+        if self.final_for is not None:
+            job.final = self.final_for(job)
         self.jobs[job.id] = job
         return JSONResponse({"id": job.id, "status": "Waiting", "analyzerName": job.analyzer,
                              "dataType": data_type})
