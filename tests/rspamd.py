@@ -26,8 +26,8 @@ def _rspamd_owned(path: Path) -> None:
 
 
 class Rspamd:
-    def __init__(self, section: str, name: str = "rspamd") -> None:
-        """``section``: the body of the plugin's `mailowl { ... }` section."""
+    def __init__(self, section: str, name: str = "rspamd", plugin: bool = True) -> None:
+        """``section``: the body of the plugin's `mailowl { ... }` section; ``plugin=False``: rspamd alone."""
         self.root = Path(tempfile.mkdtemp(prefix=f"mailowl-{name}-"))
         os.chmod(self.root, 0o755)
         self.port = free_port()
@@ -39,7 +39,10 @@ class Rspamd:
         (self.root / "tld.dat").write_text(_TLDS)
         (self.root / "mailowl.conf").write_text(section)
         # the standalone configuration shipped in integrations/rspamd, with this instance's port
-        self.conf.write_text(STANDALONE.read_text().replace("127.0.0.1:11332", f"127.0.0.1:{self.port}"))
+        conf = STANDALONE.read_text().replace("127.0.0.1:11332", f"127.0.0.1:{self.port}")
+        if not plugin:
+            conf = conf[:conf.index('lua = "$MAILOWL_PLUGIN";')]
+        self.conf.write_text(conf)
         self.args = ["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd", "-c", str(self.conf),
                      *self.vars()]
         self.out = (self.root / "stdout").open("w")

@@ -21,6 +21,7 @@ section's contents can live in /etc/rspamd/local.d/mailowl.conf; see docs/rspamd
     #                                #   "reject" or "no action" (let the mail through)
     # fail_message = "Attachment scanner unavailable, try again later";
     # header = true;                 # add mailowl's header (X-Mailowl-Result) to accepted mail
+    # keepalive = true;              # reuse HTTP connections to mailowl (message mode)
     # actions { reject = "reject"; tempfail = "soft reject"; quarantine = "quarantine"; discard = "discard"; }
     # reject_message = "Message rejected: it carries a malicious attachment";   # parts mode texts
     # tempfail_message = "Attachment analysis in progress, try again later";
@@ -61,6 +62,7 @@ local settings = {
   fail_action = 'soft reject',
   fail_message = 'Attachment scanner unavailable, try again later',
   header = true,
+  keepalive = true,
   header_name = 'X-Mailowl-Result',
   actions = {
     reject = 'reject',
@@ -216,6 +218,7 @@ local function check_message(task)
     body = task:get_content(),
     headers = hdrs,
     timeout = settings.timeout,
+    keepalive = settings.keepalive,
     callback = callback,
   })
 end

@@ -1,0 +1,91 @@
+"""POST /v2/messages throughput: 16 keep-alive clients post the same 4 KB message with one attachment (its
+verdict cached) to a real `mailowl serve`; every answer must be a decision (200, action accept).
+
+usage: .venv/bin/python bench/messages.py [--messages 20000] [--clients 16] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.load import Connection  # noqa: E402
+from bench.milter import _cpu_seconds, message_file  # noqa: E402
+from tests.server import Server  # noqa: E402
+
+PATH = "/v2/messages?from=bench%40example.org&rcpt=sink%40example.net&ip=127.0.0.1"
+
+
+async def _client(port: int, body: bytes, todo: list[int], latencies: list[float], bad: dict[str, int]) -> None:
+    conn = Connection("127.0.0.1", port)
+    try:
+        while todo:
+            todo.pop()
+            started = time.perf_counter()
+            status, data = await conn.request("POST", PATH, body, "message/rfc822")
+            latencies.append(time.perf_counter() - started)
+            action = json.loads(data).get("action") if status == 200 else f"http {status}"
+            if action != "accept":
+                bad[str(action)] = bad.get(str(action), 0) + 1
+    finally:
+        conn.close()
+
+
+async def run_round(port: int, body: bytes, count: int, clients: int) -> dict[str, object]:
+    todo = list(range(count))
+    latencies: list[float] = []
+    bad: dict[str, int] = {}
+    started = time.perf_counter()
+    await asyncio.gather(*(_client(port, body, todo, latencies, bad) for _ in range(clients)))
+    seconds = time.perf_counter() - started
+    lat = sorted(latencies)
+    return {"messages": count, "seconds": round(seconds, 2), "msgs_per_s": round(count / seconds, 1),
+            "not_accepted": bad, "p50_ms": round(lat[len(lat) // 2] * 1000, 2),
+            "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    report: dict[str, object] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        "command": " ".join(sys.argv),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        body = message_file(Path(tmp)).read_bytes()
+        report["message_bytes"] = len(body)
+        owl = Server(Path(tmp) / "owl")
+        try:
+            # prime the verdict cache with the very message the clients send
+            status, answer, _ = owl.request("POST", PATH + "&wait=60", body, {"Content-Type": "message/rfc822"})
+            assert status == 200 and answer["action"] == "accept", answer
+            rounds = []
+            for _ in range(args.rounds):
+                cpu = _cpu_seconds(owl.proc.pid)
+                run = asyncio.run(run_round(owl.port, body, args.messages, args.clients))
+                run["mailowl_cpu_ms_per_msg"] = round((_cpu_seconds(owl.proc.pid) - cpu) * 1000 / args.messages, 3)
+                rounds.append(run)
+        finally:
+            owl.stop()
+    report["rounds"] = rounds
+    report["median_msgs_per_s"] = statistics.median(float(r["msgs_per_s"]) for r in rounds)  # type: ignore[arg-type]
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
