@@ -71,3 +71,9 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert commands == ["scripts/bootstrap && .venv/bin/mailowl serve", ".ci/run"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/bootstrap --test" in ci and ".venv/bin/pytest" in ci
+
+
+def test_readme_indexes_every_page() -> None:
+    """No page of docs/ is reachable only by chance: the README links each one."""
+    linked = {(ROOT / link.partition("#")[0]).resolve() for link in links((ROOT / "README.md").read_text())}
+    assert [str(p.relative_to(ROOT)) for p in PAGES[1:] if p.resolve() not in linked] == []
