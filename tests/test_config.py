@@ -36,7 +36,7 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     ('[server]\nlisten = "nowhere"\n', {}, "[server] listen: expected HOST:PORT"),
     ('[server]\nlisten = "127.0.0.1:99999"\n', {}, "[server] listen: expected HOST:PORT"),
     ('[server]\nlisen = "x"\n', {}, "[server] lisen: unknown setting (allowed: listen, token"),
-    ('[sever]\nlisten = "x"\n', {}, "sever: unknown setting (allowed: server, log, milter, smtp, mail, store, queue, analysis)"),
+    ('[sever]\nlisten = "x"\n', {}, "sever: unknown setting (allowed: server, log, milter, smtp, mail, store, queue, analysis, clamav, cortex)"),
     ('[queue]\nworkers = 0\n', {}, "[queue] workers: Input should be greater than or equal to 1"),
     ('[store]\nmax_age = "forever"\n', {}, "[store] max_age: expected a duration such as 90s"),
     ('[server]\nmax_sample_size = "lots"\n', {}, "[server] max_sample_size: expected a size"),
@@ -68,3 +68,16 @@ def test_sizes(text: str | int, value: int) -> None:
                                              ("2w", 1209600), ("3600", 3600), (0, 0)])
 def test_durations(text: str | int, value: int) -> None:
     assert parse_duration(text) == value
+
+
+def test_kubernetes_service_variables_are_not_settings() -> None:
+    """A Service named mailowl (or mailowl-server) in the namespace gives every pod these variables."""
+    env = {"MAILOWL_SERVICE_HOST": "10.0.0.7", "MAILOWL_SERVICE_PORT": "8100", "MAILOWL_SERVICE_PORT_HTTP": "8100",
+           "MAILOWL_PORT": "tcp://10.0.0.7:8100", "MAILOWL_PORT_8100_TCP": "tcp://10.0.0.7:8100",
+           "MAILOWL_PORT_8100_TCP_PROTO": "tcp", "MAILOWL_PORT_8100_TCP_PORT": "8100",
+           "MAILOWL_PORT_8100_TCP_ADDR": "10.0.0.7", "MAILOWL_SERVER_SERVICE_HOST": "10.0.0.8",
+           "MAILOWL_SERVER_PORT_8101_TCP_ADDR": "10.0.0.8", "MAILOWL_SERVER_LISTEN": "0.0.0.0:8100"}
+    assert load_config(environ=env).server.listen == "0.0.0.0:8100"
+    for typo in ({"MAILOWL_SERVER_LISTN": "0.0.0.0:8100"}, {"MAILOWL_SERVER_PORT": "8100"}):
+        with pytest.raises(ConfigError, match=f"{next(iter(typo))}: no such setting"):
+            load_config(environ=typo)

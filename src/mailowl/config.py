@@ -268,6 +268,19 @@ def _sections() -> dict[str, type[BaseModel]]:
     return {name: field.annotation for name, field in Config.model_fields.items()}  # type: ignore[misc]
 
 
+#: the variables Kubernetes sets for a Service (e.g. one named "mailowl" gives MAILOWL_SERVICE_HOST and
+#: MAILOWL_PORT_8100_TCP_ADDR); none of them is a setting
+_SERVICE_VARIABLE = re.compile(r"^MAILOWL_(?:\w+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)"
+                               r"_(?:PROTO|PORT|ADDR))$")
+#: ... and these, whose values are URLs such as tcp://10.0.0.7:8100 (MAILOWL_SERVER_PORT=8100 stays a typo)
+_SERVICE_URL = re.compile(r"^MAILOWL_(?:\w+_)?PORT(?:_\d+_(?:TCP|UDP|SCTP))?$")
+
+
+def _service_link(name: str, value: str) -> bool:
+    return bool(_SERVICE_VARIABLE.match(name)
+                or (_SERVICE_URL.match(name) and re.match(r"(tcp|udp|sctp)://", value)))
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     sections = _sections()
@@ -276,6 +289,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
             continue
         section, _, key = name[len("MAILOWL_"):].lower().partition("_")
         if section not in sections or key not in sections[section].model_fields:
+            if _service_link(name, value):
+                continue  # Kubernetes describes a Service named mailowl… this way in every pod beside it
             known = ", ".join(f"MAILOWL_{s.upper()}_{k.upper()}" for s, m in sections.items() for k in m.model_fields)
             raise ConfigError(f"environment variable {name}: no such setting (known: {known}, MAILOWL_CONFIG)")
         out.setdefault(section, {})[key] = value
