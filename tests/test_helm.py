@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import mailowl
-from mailowl.config import ConfigError, load_config
+from mailowl.config import load_config
 from mailowl.rules.loader import load_engine
 
 CHART = Path(__file__).parent.parent / "deploy" / "helm" / "mailowl"
@@ -424,15 +424,16 @@ def test_mailowl_accepts_the_pods_configuration(chart: helm.Chart, values: str, 
         assert load_engine(config.ruleset_path).rule_names == ["known", "file_larger_than", "final_rule"]
 
 
-def test_service_links_would_stop_mailowl(chart: helm.Chart, tmp_path: Path) -> None:
-    """Why the pod has enableServiceLinks: false: with the release called "mailowl", its Service "mailowl"
-    gives every pod of the namespace MAILOWL_PORT, MAILOWL_SERVICE_HOST, ..., and mailowl refuses those."""
+def test_service_links_do_not_stop_mailowl(chart: helm.Chart, tmp_path: Path) -> None:
+    """With the release called "mailowl", its Service "mailowl" gives every pod of the namespace (mailowl's
+    own pods too, where enableServiceLinks is left on, as by other deployment tools) MAILOWL_PORT,
+    MAILOWL_SERVICE_HOST, ...: mailowl knows them for what they are and starts with its own settings."""
     docs = render(chart, {}, "mailowl")
     assert one(docs, "Deployment")["spec"]["template"]["spec"]["enableServiceLinks"] is False
     links = service_links(docs)
-    assert "MAILOWL_SERVICE_HOST" in links
-    with pytest.raises(ConfigError, match="environment variable MAILOWL_"):
-        load_config(environ={**links, **pod_environment(docs, tmp_path)})
+    assert "MAILOWL_SERVICE_HOST" in links and "MAILOWL_PORT_8100_TCP_ADDR" in links
+    config = load_config(environ={**links, **pod_environment(docs, tmp_path)})
+    assert config.server.listen == "0.0.0.0:8100"
 
 
 def test_cortex_key_is_wired_only_when_set(chart: helm.Chart) -> None:
