@@ -73,3 +73,12 @@ def test_serve_refuses_a_bad_ruleset(tmp_path: Path) -> None:
     (tmp_path / "r.conf").write_text("[rules]\nrule.1 : nonsense\n")
     result = mailowl("serve", "--ruleset", str(tmp_path / "r.conf"), "--listen", "127.0.0.1:1")
     assert result.returncode == 2 and "unknown rule 'nonsense'" in result.stderr
+
+
+def test_a_reader_that_goes_away_stops_output_quietly(tmp_path: Path) -> None:
+    for i in range(300):
+        (tmp_path / f"note{i}.txt").write_text(f"note {i}\n" * 20)
+    shell = f"{sys.executable} -m mailowl.cli scan --json {tmp_path} | head -c 100"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=300)
+    assert len(result.stdout) == 100
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
