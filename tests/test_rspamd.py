@@ -4,6 +4,7 @@ or PeekabooAV 2.1 (mode "parts")."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -131,7 +132,7 @@ def test_downloader_gets_451_then_554_and_pdf_is_delivered(owl: Server) -> None:
 
 
 def test_verdict_within_wait_is_answered_at_once(owl: Server) -> None:
-    rspamd, rx = pipeline(f"http://127.0.0.1:{owl.port}", "wait = 60;\ntimeout = 90;\n")
+    rspamd, rx = pipeline(f"http://127.0.0.1:{owl.port}", "wait = 30;\ntimeout = 45;\n")
     try:
         code, text = send(rx.port, mail(BAT, "invoice.pdf.bat", subject="invoice"))
         assert code == 554 and "(support-id: mo-" in text, text
@@ -145,7 +146,7 @@ def test_verdict_within_wait_is_answered_at_once(owl: Server) -> None:
 
 def test_mailowl_stopped_keeps_mail_queued_until_it_is_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()  # mailowl's REST port; nothing listens there at first
-    rspamd, rx = pipeline(f"http://127.0.0.1:{port}", "wait = 60;\ntimeout = 90;\n")
+    rspamd, rx = pipeline(f"http://127.0.0.1:{port}", "wait = 30;\ntimeout = 45;\n")
     tx = sender(tmp_path / "tx", rx.port)
     owl: Server | None = None
     try:
@@ -185,6 +186,38 @@ def peekaboo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peekaboo]:
     pk = Peekaboo(tmp_path_factory.mktemp("peekaboo"))
     yield pk
     pk.stop()
+
+
+def test_slow_mailowl_is_a_soft_reject_or_what_fail_action_says(tmp_path: Path) -> None:
+    """mailowl answering later than the plugin's timeout: a verdict held back by the slow rule."""
+    rules = Path(__file__).parent.parent / "src/mailowl/defaults/ruleset.toml"
+    ruleset = tmp_path / "ruleset.toml"
+    ruleset.write_text(rules.read_text().replace('rules = [\n  "known",', 'rules = [\n  "known",\n  "hold_until_released",'))
+    release = tmp_path / "release"
+    owl = Server(tmp_path / "owl", ruleset=str(ruleset),
+                 env={"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "slowrule"),
+                                                     os.environ.get("PYTHONPATH", "")]),
+                      "SLOWRULE_RELEASE": str(release)})
+    url = f"http://127.0.0.1:{owl.port}"
+    # mailowl is asked to wait 30 s for a verdict that does not come; the plugin gives up after 2 s
+    rspamd, rx = pipeline(url, "wait = 30;\ntimeout = 2;\n")
+    lenient, rx2 = pipeline(url, 'wait = 30;\ntimeout = 2;\nfail_action = "no action";\n')
+    try:
+        code, text = send(rx.port, mail(PDF, "slow-report.pdf", "application/pdf", "slow report"))
+        assert code == 451 and text == "4.7.1 Attachment scanner unavailable, try again later", text
+        assert "timeout" in rspamd.wait_log("MAILOWL_FAIL(0.00){")
+        # fail_action = "no action": the mail goes through, without mailowl's header
+        code, text = send(rx2.port, mail(PDF, "slow-minutes.pdf", "application/pdf", "slow minutes"))
+        assert code == 250, text
+        (delivered,) = rx2.wait_delivered(1)
+        assert b"Subject: slow minutes" in delivered and b"X-Mailowl-Result" not in delivered
+        lenient.wait_log("MAILOWL_FAIL(0.00){")
+    finally:
+        release.touch()
+        for postfix, instance in ((rx, rspamd), (rx2, lenient)):
+            postfix.stop()
+            instance.stop()
+        owl.stop()
 
 
 def test_parts_mode_against_peekaboo(peekaboo: Peekaboo) -> None:

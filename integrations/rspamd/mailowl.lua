@@ -10,7 +10,8 @@ section's contents can live in /etc/rspamd/local.d/mailowl.conf; see docs/rspamd
   lua = "/usr/share/mailowl/rspamd/mailowl.lua";
   mailowl {
     url = "http://127.0.0.1:8100";   # mailowl serve
-    # timeout = 10;                  # seconds for mailowl's answer; past it: fail_action
+    # timeout = 5;                   # seconds for mailowl's answer; past it: fail_action. Keep it above
+    #                                #   wait and below rspamd's options.task_timeout (8 s by default)
     # wait = 2;                      # seconds mailowl waits for verdicts before "tempfail" (default: its mail.wait)
     # token = "";                    # mailowl's server.token (Authorization: Bearer)
     # mode = "message";              # "message": POST /v2/messages, mailowl decides with its mail policy
@@ -54,7 +55,7 @@ local N = 'mailowl'
 
 local settings = {
   url = 'http://127.0.0.1:8100',
-  timeout = 10.0,
+  timeout = 5.0,
   wait = nil,
   token = '',
   mode = 'message',
@@ -369,7 +370,7 @@ for k, v in pairs(opts) do
   end
 end
 settings.url = tostring(settings.url):gsub('/+$', '')
-settings.timeout = tonumber(settings.timeout) or 10.0
+settings.timeout = tonumber(settings.timeout) or 5.0
 settings.polls = math.max(1, tonumber(settings.polls) or 10)
 settings.wait = settings.wait and tonumber(settings.wait) or nil
 if settings.mode ~= 'message' and settings.mode ~= 'parts' then
