@@ -84,7 +84,10 @@ def main() -> None:
             with smtplib.SMTP("127.0.0.1", with_owl.port) as client:
                 client.sendmail("bench@example.org", ["sink@example.net"], message.read_bytes())
             for _ in range(args.rounds):
-                alone_runs.append(run_source(alone, message, args.messages, args.sessions))
+                cpu_rspamd = _rspamd_cpu(bare_rspamd)
+                run = run_source(alone, message, args.messages, args.sessions)
+                run["rspamd_cpu_ms_per_msg"] = round((_rspamd_cpu(bare_rspamd) - cpu_rspamd) * 1000 / args.messages, 2)
+                alone_runs.append(run)
                 cpu_owl, cpu_rspamd = _cpu_seconds(owl.proc.pid), _rspamd_cpu(owl_rspamd)
                 run = run_source(with_owl, message, args.messages, args.sessions)
                 run["mailowl_cpu_ms_per_msg"] = round((_cpu_seconds(owl.proc.pid) - cpu_owl) * 1000 / args.messages, 2)
