@@ -190,3 +190,13 @@ def test_token_is_required(tmp_path: Path) -> None:
         assert status == 200 and answer["action"] == "accept"
     finally:
         srv.stop()
+
+
+def test_the_configured_mail_policy_applies(tmp_path: Path) -> None:
+    """[mail] settings reach POST /v2/messages exactly as they reach the milter."""
+    srv = Server(tmp_path / "owl", '[mail]\non_bad = "quarantine"\nwait = 20\n')
+    try:
+        status, answer, _ = post(srv, mail(BAT, "cat.png.bat", subject="quarantined cat"))
+        assert status == 200 and answer["action"] == "quarantine" and answer["verdict"] == "bad", answer
+    finally:
+        srv.stop()

@@ -93,7 +93,7 @@ def make_asgi(config: Config, service: AnalysisService) -> Any:
             yield
 
     return create_app(service, config.server.max_sample_size, config.server.token, lifespan=lifespan,
-                      report_wait=config.server.report_wait)
+                      report_wait=config.server.report_wait, policy=mail_policy(config))
 
 
 def serve(config: Config, engine: Engine | None = None) -> None:
