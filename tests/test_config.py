@@ -81,3 +81,11 @@ def test_kubernetes_service_variables_are_not_settings() -> None:
     for typo in ({"MAILOWL_SERVER_LISTN": "0.0.0.0:8100"}, {"MAILOWL_SERVER_PORT": "8100"}):
         with pytest.raises(ConfigError, match=f"{next(iter(typo))}: no such setting"):
             load_config(environ=typo)
+
+
+def test_every_time_setting_takes_a_duration(tmp_path: Path) -> None:
+    (tmp_path / "m.toml").write_text('[server]\nreport_wait = "0.5"\n[mail]\nwait = "20s"\n[log]\nsend_timeout = "1m"\n'
+                                     '[analysis]\ntimeout = "2m"\n')
+    config = load_config(tmp_path / "m.toml", environ={})
+    assert (config.server.report_wait, config.mail.wait, config.log.send_timeout, config.analysis.timeout) == (
+        0.5, 20.0, 60.0, 120.0)

@@ -51,6 +51,16 @@ Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
 Duration = Annotated[int, BeforeValidator(parse_duration), Field(ge=0)]
 
 
+def _seconds(value: Any) -> Any:
+    """Seconds as a number (fractions allowed) or a duration such as "90s" or "2m"."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return parse_duration(value)
+    return value
+
+
 def split_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
@@ -68,7 +78,7 @@ class ServerConfig(_Section):
     token: str = ""
     max_sample_size: Size = 64 * 2**20
     #: a v1 report request for a pending job waits this many seconds for the verdict before its 404
-    report_wait: float = Field(default=0.25, ge=0, le=30)
+    report_wait: Annotated[float, BeforeValidator(_seconds), Field(ge=0, le=30)] = 0.25
     data_dir: Path = Path("mailowl-data")
     #: seconds a connection may take to send a request's headers, or pause within its body, and may sit
     #: idle between requests, before the server closes it
@@ -108,16 +118,6 @@ class QueueConfig(_Section):
     size: int = Field(default=10_000, ge=1)
     #: worker threads running analyses (libmagic, oletools, archives, YARA, pefile) at once
     workers: int = Field(default=2, ge=1, le=64)
-
-
-def _seconds(value: Any) -> Any:
-    """Seconds as a number (fractions allowed) or a duration such as "90s" or "2m"."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return parse_duration(value)
-    return value
 
 
 class AnalysisConfig(_Section):
@@ -205,7 +205,7 @@ Fallback = Literal["tempfail", "reject", "accept"]
 
 class MailConfig(_Section):
     #: seconds to wait for verdicts before answering 451 4.7.1 "try again later"
-    wait: float = Field(default=2.0, ge=0, le=60)
+    wait: Annotated[float, BeforeValidator(_seconds), Field(ge=0, le=60)] = 2.0
     on_bad: Action = "reject"
     on_failed: Fallback = "tempfail"
     on_unparsable: Fallback = "tempfail"
@@ -227,7 +227,7 @@ class LogConfig(_Section):
     #: lines waiting for the writer thread; beyond this they are dropped (and counted), never waited for
     queue_size: int = Field(default=10_000, ge=1, le=10_000_000)
     #: seconds a connect or send to a syslog target may take before the writer reconnects
-    send_timeout: float = Field(default=5.0, gt=0, le=300)
+    send_timeout: Annotated[float, BeforeValidator(_seconds), Field(gt=0, le=300)] = 5.0
 
     @field_validator("target")
     @classmethod
