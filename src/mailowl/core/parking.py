@@ -83,34 +83,39 @@ class Parking:
     # parking -------------------------------------------------------------------------------------------
     def park(self, key: str, sample: Sample, jobs: list[Job], need: NeedsRemote) -> None:
         """Take the sample out of the queue until Cortex has answered; called on the event loop."""
-        self._spawn(self._park(key, sample, list(jobs), need))
+        # only names are kept of the request: its traceback holds the whole analysis (sample included)
+        self._spawn(self._park(key, sample, list(jobs), need.analyzer, need.data_type))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _park(self, key: str, sample: Sample, jobs: list[Job], need: NeedsRemote) -> None:
+    async def _park(self, key: str, sample: Sample, jobs: list[Job], analyzer: str, data_type: str) -> None:
         cortex = sample.reports.get(_ANALYSER)
         reports = dict(cortex.reports) if isinstance(cortex, CortexReport) else {}
         now = self.clock()
         try:
             for job in jobs:
                 await self.store.committed(job)
-            row = await self.store.parked.add(sample.identity, [j.id for j in jobs], need.analyzer,
-                                 need.data_type, _utc(now), _utc(now + self.settings.maximum_job_age),
+            row = await self.store.parked.add(sample.identity, [j.id for j in jobs], analyzer, data_type, _utc(now), _utc(now + self.settings.maximum_job_age),
                                  sample.filename, sample.type_declared, sample.content_disposition, reports,
                                  sample.content)
         except Exception as exc:
             log.error("sample %s could not be parked for Cortex: %s", sample.sha256, exc)
             self.fail(key, f"Cortex analysis not started: the sample could not be parked in the store: {exc}")
             return
-        entry = Parked(row, key, sample.identity, need.analyzer, need.data_type, None, now,
+        entry = Parked(row, key, sample.identity, analyzer, data_type, None, now,
                        now + self.settings.maximum_job_age, sample.filename, sample.type_declared,
                        sample.content_disposition, reports)
         self.parked[row] = entry
         metrics.PARKED.set(len(self.parked))
-        await self._track(entry, sample)
+        try:
+            failure = await self._submit(entry, sample)
+        except Exception as exc:
+            failure = f"Cortex analysis could not be submitted to {analyzer}: {type(exc).__name__}: {exc}"
+        del sample, jobs  # nothing of the sample stays in memory while Cortex works: it is in the store
+        await self._follow(entry, failure)
 
     async def resume_all(self, jobs_by_id: Callable[[int], Any]) -> list[tuple[str, list[Job]]]:
         """After a restart: track every parked row again. Returns (key, jobs) of each, for the service's
@@ -126,17 +131,23 @@ class Parking:
                            row.type_declared, row.content_disposition, row.reports)
             self.parked[row.id] = entry
             resumed.append((entry.key, jobs))
-            self._spawn(self._track(entry, None))
+            self._spawn(self._resume(entry))
         metrics.PARKED.set(len(self.parked))
         return resumed
 
     # tracking ------------------------------------------------------------------------------------------
-    async def _track(self, entry: Parked, sample: Sample | None) -> None:
-        failure: str | None = None
+    async def _resume(self, entry: Parked) -> None:
+        failure = None
+        if entry.remote_job is None:  # stopped before Cortex took the job: submit it now
+            try:
+                failure = await self._submit(entry, None)
+            except Exception as exc:
+                failure = f"Cortex analysis could not be submitted to {entry.analyzer}: {type(exc).__name__}: {exc}"
+        await self._follow(entry, failure)
+
+    async def _follow(self, entry: Parked, failure: str | None) -> None:
+        """Wait for the Cortex job (unless submitting it failed), then hand the sample back."""
         try:
-            if entry.remote_job is None:
-                failure = await self._submit(entry, sample)
-            sample = None  # nothing of the sample stays in memory while Cortex works
             if failure is None:
                 failure = await self._wait_for(entry)
         except asyncio.CancelledError:
