@@ -7,8 +7,9 @@ after --delay seconds (10). `mailowl serve --analyzers` runs bench/ruleset.conf 
 added in front, which reads Cortex for `.cortex` files only. Each round, on a fresh server:
   A. no Cortex traffic: 16 clients (bench/load.py) submit --samples samples the ruleset decides alone;
   B. after a warm-up of --parked samples decided alone, --parked `.cortex` samples are submitted and
-     parked (RSS read before and after, from /proc/<pid>/status), then the same kind of load runs while they wait; finally every parked sample
-     must get its verdict.
+     parked (RSS read before and after, from /proc/<pid>/status), then the same kind of load runs
+     while they wait (how many are parked is sampled during the load); finally every parked sample must
+     get its verdict.
 Rounds alternate A and B (the machine is shared). Prints one JSON document.
 """
 
@@ -23,6 +24,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -119,6 +121,11 @@ def verdicts(port: int, jobs: list[int], timeout: float) -> dict[str, int]:
     return counts
 
 
+def _parked(port: int) -> int:
+    cortex = health(port).get("cortex")
+    return int(cortex.get("parked", 0)) if isinstance(cortex, dict) else 0
+
+
 def round_a(tmp: Path, cortex_port: int, samples: int, clients: int, seed: int) -> dict[str, object]:
     proc, port = serve(tmp, cortex_port)
     try:
@@ -138,23 +145,39 @@ def round_b(tmp: Path, cortex_port: int, parked: int, samples: int, clients: int
         time.sleep(1.0)
         before = rss(proc.pid)
         started = time.monotonic()
-        jobs = park(port, parked)
-        while True:
-            cortex = health(port).get("cortex")
-            if isinstance(cortex, dict) and cortex.get("parked") == parked:
-                break
-            if time.monotonic() - started > delay * 0.8:
-                raise RuntimeError(f"only {cortex} parked before Cortex starts answering")
-            time.sleep(0.05)
+        with ThreadPoolExecutor(1) as background:
+            submitted = background.submit(park, port, parked)
+            counts: list[int] = []
+            while not submitted.done() or (counts and counts[-1] < parked and time.monotonic() - started < delay):
+                counts.append(_parked(port))
+                if counts[-1] >= parked:
+                    break
+                time.sleep(0.05)
+            jobs = submitted.result()
+        at_start = _parked(port)
         parked_after = time.monotonic() - started
         after = rss(proc.pid)
-        load = asyncio.run(run_round("127.0.0.1", port, make_samples(samples, seed), clients))
-        still_parked = health(port).get("cortex")
+        during: list[int] = []
+        stop_watch = threading.Event()
+
+        def watch() -> None:
+            while not stop_watch.wait(0.25):
+                during.append(_parked(port))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            load = asyncio.run(run_round("127.0.0.1", port, make_samples(samples, seed), clients))
+        finally:
+            stop_watch.set()
+            watcher.join()
         outcome = verdicts(port, jobs, timeout=120)
-        return {"load": load, "parked": parked, "seconds_to_park_all": round(parked_after, 2),
-                "rss_before_mib": round(before / 2**20, 1), "rss_parked_mib": round(after / 2**20, 1),
-                "bytes_per_parked_sample": round((after - before) / parked),
-                "after_load": still_parked, "parked_verdicts": outcome, "loadavg": loadavg()}
+        return {"load": load, "parked": parked, "parked_when_load_started": at_start,
+                "parked_during_load_min_max": [min(during, default=0), max(during, default=0)],
+                "seconds_to_park": round(parked_after, 2), "rss_before_mib": round(before / 2**20, 1),
+                "rss_parked_mib": round(after / 2**20, 1),
+                "bytes_per_parked_sample": round((after - before) / max(at_start, 1)),
+                "parked_verdicts": outcome, "loadavg": loadavg()}
     finally:
         stop(proc)
 

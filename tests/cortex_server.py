@@ -176,11 +176,9 @@ class CortexStandIn:
         match = re.fullmatch(r"(\d+)\s*(seconds?|minutes?|s|m)", request.query_params.get("atMost", "1minute"))
         at_most = int(match[1]) * (60 if match[2].startswith("m") and match[2] != "s" else 1) if match else 60
         until = time.monotonic() + at_most
-        while job.final == "never" or time.monotonic() - job.created < job.delay:
-            left = min(until, job.created + job.delay if job.final != "never" else until) - time.monotonic()
-            if time.monotonic() >= until:
-                break
-            await asyncio.sleep(max(0.0, min(left, 0.5)))
+        end = until if job.final == "never" else min(until, job.created + job.delay)
+        # one timer per waiting request, as Cortex holds it: no polling loop that would load the machine
+        await asyncio.sleep(max(0.0, end - time.monotonic()) + 0.002)
         return JSONResponse(self._state(job))
 
     def app(self) -> Starlette:

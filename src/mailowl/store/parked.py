@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Connection, create_engine, delete, insert, select, update
+from sqlalchemy import Connection, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -45,13 +45,18 @@ class ParkedRow:
 
 
 class ParkedTable:
-    def __init__(self, url: str, engine: AsyncEngine) -> None:
+    def __init__(self, url: str, engine: AsyncEngine, synchronous: str = "NORMAL") -> None:
         self.engine = engine
         self._sync: Engine | None = None
         self._lock = threading.Lock()
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             self._sync = create_engine(f"sqlite:///{parsed.database}", connect_args={"timeout": 30})
+
+            def pragmas(dbapi_conn: Any, _record: Any) -> None:  # as the store's own connections
+                dbapi_conn.execute(f"PRAGMA synchronous = {synchronous}")
+
+            event.listen(self._sync, "connect", pragmas)
 
     async def _run(self, fn: Callable[[Connection], T]) -> T:
         if self._sync is not None:

@@ -138,7 +138,7 @@ class Store:
             raise StoreError(f"store {url.render_as_string(hide_password=True)}: {exc}") from exc
         self.engine = engine
         #: samples parked while Cortex analyses them (core/parking.py)
-        self.parked = ParkedTable(self.url, engine)
+        self.parked = ParkedTable(self.url, engine, self.sqlite_synchronous)
         await self._load_seen()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         self._reader = asyncio.create_task(self._lookup_loop(), name="store-reader")
