@@ -225,3 +225,27 @@ async def test_a_restart_resumes_tracking(cortex: CortexStandIn, store_url: str)
         assert stored is not None and stored.result == Result.bad
     finally:
         await finish(svc)
+
+
+async def test_archive_members_are_not_sent_to_cortex(cortex: CortexStandIn, tmp_path: Path) -> None:
+    """A member's report would be attached to the archive: members needing Cortex fail, never loop."""
+    import io
+    import zipfile
+
+    cortex_settings = CortexSettings(url=cortex.url, api_token="cortex-key", backoff=0.05)
+    raw = {"rules": ["archive", "expressions", "final_rule"],
+           "expressions": {"expression": ["cortexreport.FileInfoReport.md5sum != '' -> bad"]}}
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await store.open()
+    svc = AnalysisService(build_engine(raw, "test", Resources(cortex=cortex_settings)), store, workers=1)
+    await svc.start()
+    try:
+        packed = io.BytesIO()
+        with zipfile.ZipFile(packed, "w") as zf:
+            zf.writestr("inner.bin", b"EVIL inside")
+        job = await verdict(svc, packed.getvalue(), name="a.zip")
+        assert job.result == Result.failed
+        assert "Cortex analyses top-level samples only" in (job.reason or "")
+        assert cortex.submissions() == []
+    finally:
+        await finish(svc)

@@ -62,6 +62,7 @@ class Engine:
         rule that reached it; a rule that raises makes the verdict ``failed`` and ends the run, except
         NeedsRemote (a remote report is needed: the sample is parked), which is raised to the caller.
         ``budget`` is the archive budget of the top-level sample when ``sample`` is an archive member."""
+        member = budget is not None
         if budget is None:
             budget = Budget(self.resources.archive_limits, sample.size)
         ctx = AnalysisContext(sample, self, journal, budget)
@@ -72,8 +73,12 @@ class Engine:
             activity.doing(f"rule {rule.name}")
             try:
                 outcome = rule.evaluate(ctx)
-            except NeedsRemote:
-                raise  # not a verdict: the caller parks the sample and runs the ruleset again later
+            except NeedsRemote as need:
+                if not member:
+                    raise  # not a verdict: the caller parks the sample and runs the ruleset again later
+                # archive members are not sent to Cortex (their report would be attached to the archive)
+                outcome = RuleResult(rule.name, Result.failed, f"Rule '{rule.name}' needs Cortex for an archive "
+                                     f"member ({need.analyzer}); Cortex analyses top-level samples only", False)
             except Exception as exc:
                 log.warning("rule %s failed on %s", rule.name, sample.sha256, exc_info=True)
                 outcome = RuleResult(rule.name, Result.failed,
