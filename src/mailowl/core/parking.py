@@ -213,8 +213,7 @@ class Parking:
 
     async def _unpark(self, entry: Parked, failure: str | None) -> None:
         try:
-            content = await self.store.parked.content(entry.row)
-            await self.store.parked.remove(entry.row)
+            content = await self.store.parked.take(entry.row)
         except Exception as exc:
             log.error("parked sample %s could not be read back: %s", entry.identity, exc)
             content = None

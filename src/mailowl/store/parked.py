@@ -91,6 +91,19 @@ class ParkedTable:
         statement = delete(parked).where(parked.c.id == row_id)
         await self._run(lambda conn: conn.execute(statement))
 
+    async def take(self, row_id: int) -> bytes | None:
+        """The sample's bytes, deleting its row (one transaction)."""
+        query = select(parked.c.content).where(parked.c.id == row_id)
+        statement = delete(parked).where(parked.c.id == row_id)
+
+        def take(conn: Connection) -> Any:
+            value = conn.execute(query).scalar()
+            conn.execute(statement)
+            return value
+
+        value = await self._run(take)
+        return bytes(value) if value is not None else None
+
     async def content(self, row_id: int) -> bytes | None:
         statement = select(parked.c.content).where(parked.c.id == row_id)
         value = await self._run(lambda conn: conn.execute(statement).scalar())
