@@ -234,3 +234,14 @@ async def test_waitreport_returns_at_most_after_its_time() -> None:
             assert status in ("Waiting", "InProgress")
         finally:
             await client.close()
+
+
+def test_scan_does_not_wait_for_cortex(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mailowl scan` runs the ruleset in-process, with nobody to park a sample: the rule fails, saying so."""
+    conf = tmp_path / "analyzers.conf"
+    conf.write_text("[cortex]\nurl : http://127.0.0.1:9\n")
+    sample = tmp_path / "a.bin"
+    sample.write_bytes(b"EVIL")
+    main(["scan", str(sample), "--json", "--ruleset", str(_ruleset(tmp_path)), "--analyzers", str(conf)])
+    out = capsys.readouterr().out
+    assert "failed" in out and "only mailowl serve waits for Cortex" in out

@@ -245,7 +245,7 @@ async def test_archive_members_are_not_sent_to_cortex(cortex: CortexStandIn, tmp
             zf.writestr("inner.bin", b"EVIL inside")
         job = await verdict(svc, packed.getvalue(), name="a.zip")
         assert job.result == Result.failed
-        assert "Cortex analyses top-level samples only" in (job.reason or "")
+        assert "for an archive member; Cortex analyses top-level samples only" in (job.reason or "")
         assert cortex.submissions() == []
     finally:
         await finish(svc)

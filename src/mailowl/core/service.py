@@ -87,6 +87,8 @@ class AnalysisService:
             return engine.run(sample, lookup).to_wire()
 
         self._run_wire, self._limit = run, limit
+        # samples needing Cortex are parked (set before the worker processes are forked)
+        engine.parks = engine.resources.cortex is not None
         activity.set_sink(self._record)
         self._workers = [Worker(run, f"analysis-{i}", limit) for i in range(self.workers)]
         self._threads = [self._spawn(worker) for worker in self._workers]

@@ -47,6 +47,9 @@ class Engine:
     def __init__(self, rules: list[Rule], resources: Resources) -> None:
         self.rules = rules
         self.resources = resources
+        #: set by the analysis service, which parks a sample needing a remote report (NeedsRemote); where
+        #: nobody would (``mailowl scan``), such a rule fails instead
+        self.parks = False
 
     @property
     def decided_by_known(self) -> bool:
@@ -74,11 +77,12 @@ class Engine:
             try:
                 outcome = rule.evaluate(ctx)
             except NeedsRemote as need:
-                if not member:
+                if self.parks and not member:
                     raise  # not a verdict: the caller parks the sample and runs the ruleset again later
                 # archive members are not sent to Cortex (their report would be attached to the archive)
-                outcome = RuleResult(rule.name, Result.failed, f"Rule '{rule.name}' needs Cortex for an archive "
-                                     f"member ({need.analyzer}); Cortex analyses top-level samples only", False)
+                why = "Cortex analyses top-level samples only" if member else "only mailowl serve waits for Cortex"
+                outcome = RuleResult(rule.name, Result.failed, f"Rule '{rule.name}' needs Cortex "
+                                     f"({need.analyzer}){' for an archive member' if member else ''}; {why}", False)
             except Exception as exc:
                 log.warning("rule %s failed on %s", rule.name, sample.sha256, exc_info=True)
                 outcome = RuleResult(rule.name, Result.failed,
