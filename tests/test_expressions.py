@@ -227,6 +227,7 @@ def test_reports_are_resolved_lazily_and_attributes_are_copies() -> None:
 def test_schema_is_what_the_reports_have() -> None:
     from mailowl.analysis.archive import ArchiveReport
     from mailowl.analysis.clamav import ClamavReport
+    from mailowl.analysis.cortex import KNOWN
     from mailowl.analysis.filetype import FileReport
     from mailowl.analysis.ole import OleReport
     from mailowl.analysis.pe import PeReport
@@ -236,6 +237,7 @@ def test_schema_is_what_the_reports_have() -> None:
 
     fields = {"sample": SampleView.FIELDS, "filereport": FileReport.FIELDS, "olereport": OleReport.FIELDS,
               "knownreport": KnownReport.FIELDS, "pereport": PeReport.FIELDS, "yarareport": YaraReport.FIELDS,
-              "archivereport": ArchiveReport.FIELDS, "clamavreport": ClamavReport.FIELDS}
+              "archivereport": ArchiveReport.FIELDS, "clamavreport": ClamavReport.FIELDS,
+              "cortexreport": frozenset(KNOWN)}
     assert fields == SCHEMA
     assert set(REPORTS) == set(fields)
