@@ -101,3 +101,29 @@ class Server:
     def stop(self) -> None:
         stop_process(self.proc)
         self.log.close()
+
+
+class Process:
+    """A server process (PeekabooAV or mailowl) and a client for its REST API."""
+
+    def __init__(self, tmp: Path, args: list[str], port: int, ping: str, env: dict[str, str] | None = None) -> None:
+        self.log_path = tmp / "server.log"
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.client = Server.__new__(Server)
+        self.client.port, self.client.token = port, ""
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if self.client.request("GET", ping)[0] == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()  # never leave a half-started server behind
+                raise RuntimeError(f"{args[0]} did not start: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        stop_process(self.proc, 30)
+        self.log.close()

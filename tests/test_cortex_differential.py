@@ -8,9 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.cortex_server import CortexStandIn, Job, fileinfo, running
-from tests.server import Server, free_port, stop_process
+from tests.server import Process, Server, free_port
 from tests.test_differential import PEEKABOO, verdict_v1
 
 TOKEN = "differential-key"
@@ -82,32 +80,6 @@ def corpus() -> list[tuple[str, bytes, str]]:
         if first <= 7 and not any(n.startswith("low") for n, _, _ in files):
             files.append(("low.vt", content, "application/octet-stream"))
     return files
-
-
-class Process:
-    """A server process (PeekabooAV or mailowl) and a client for its REST API."""
-
-    def __init__(self, tmp: Path, args: list[str], port: int, ping: str, env: dict[str, str] | None = None) -> None:
-        self.log_path = tmp / "server.log"
-        self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.client = Server.__new__(Server)
-        self.client.port, self.client.token = port, ""
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if self.client.request("GET", ping)[0] == 200:
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()  # never leave a half-started server behind
-                raise RuntimeError(f"{args[0]} did not start: {self.log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        stop_process(self.proc, 30)
-        self.log.close()
 
 
 def peekaboo(tmp: Path, ruleset: Path, analyzers: Path) -> Process:

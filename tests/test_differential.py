@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .server import Server, free_port, stop_process
+from .server import Process, Server, free_port
 
 ROOT = Path(__file__).parent.parent
 PEEKABOO = ROOT / ".venv-peekaboo" / "bin" / "peekaboo"
@@ -114,37 +113,17 @@ def corpus() -> list[tuple[str, bytes, str, str | None]]:
     return files
 
 
-class Peekaboo:
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        (tmp / "reports").mkdir()
-        (tmp / "analyzers.conf").write_text("")
-        (tmp / "ruleset.conf").write_text(RULESET)
-        (tmp / "peekaboo.conf").write_text(
-            f"[global]\nuser : root\ngroup : root\nhost : 127.0.0.1\nport : {self.port}\nworker_count : 2\n"
-            f"processing_info_dir : {tmp / 'reports'}\n[ruleset]\nconfig : {tmp / 'ruleset.conf'}\n"
-            f"[analyzers]\nconfig : {tmp / 'analyzers.conf'}\n[logging]\nlog_level : WARNING\n"
-            f"[db]\nurl : sqlite:///{tmp / 'peekaboo.db'}\n")
-        self.log = (tmp / "peekaboo.log").open("w")
-        self.proc = subprocess.Popen([str(PEEKABOO), "-c", str(tmp / "peekaboo.conf")], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        self.client = Server.__new__(Server)
-        self.client.port, self.client.token = self.port, ""
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if self.client.request("GET", "/ping")[0] == 200:
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()  # never leave a half-started PeekabooAV behind
-                raise RuntimeError(f"PeekabooAV did not start: {(tmp / 'peekaboo.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        stop_process(self.proc, 30)
-        self.log.close()
+def peekaboo(tmp: Path) -> Process:
+    port = free_port()
+    (tmp / "reports").mkdir()
+    (tmp / "analyzers.conf").write_text("")
+    (tmp / "ruleset.conf").write_text(RULESET)
+    (tmp / "peekaboo.conf").write_text(
+        f"[global]\nuser : root\ngroup : root\nhost : 127.0.0.1\nport : {port}\nworker_count : 2\n"
+        f"processing_info_dir : {tmp / 'reports'}\n[ruleset]\nconfig : {tmp / 'ruleset.conf'}\n"
+        f"[analyzers]\nconfig : {tmp / 'analyzers.conf'}\n[logging]\nlog_level : WARNING\n"
+        f"[db]\nurl : sqlite:///{tmp / 'peekaboo.db'}\n")
+    return Process(tmp, [str(PEEKABOO), "-c", str(tmp / "peekaboo.conf")], port, "/ping")
 
 
 @pytest.fixture(scope="module")
@@ -152,12 +131,12 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ser
     if not PEEKABOO.exists():
         pytest.skip("PeekabooAV 2.1 is not installed in .venv-peekaboo (scripts/bootstrap --test installs it)")
     pk_dir = tmp_path_factory.mktemp("peekaboo")
-    peekaboo = Peekaboo(pk_dir)
+    pk = peekaboo(pk_dir)
     owl_dir = tmp_path_factory.mktemp("mailowl")
     owl = Server(owl_dir, ruleset=str(pk_dir / "ruleset.conf"))  # the very same file
-    yield peekaboo.client, owl
+    yield pk.client, owl
     owl.stop()
-    peekaboo.stop()
+    pk.stop()
 
 
 def verdict_v1(server: Server, name: str, content: bytes, ctype: str, disposition: str | None) -> str:
