@@ -6,11 +6,11 @@ a ruleset that relies on Cuckoo without the analysis it expects.
 
 from __future__ import annotations
 
-import configparser
 from pathlib import Path
 from typing import Any
 
 from mailowl.config import ConfigError
+from mailowl.tomlfile import load_ini
 
 #: PeekabooAV's keys of [cortex]; their defaults are mailowl's [cortex] defaults
 CORTEX_KEYS = ("url", "tlp", "api_token", "poll_interval", "submit_original_filename", "maximum_job_age")
@@ -19,14 +19,7 @@ _DEFAULT_URL = "http://127.0.0.1:9001"
 
 def read_analyzers_conf(path: Path) -> dict[str, Any]:
     """The ``[cortex]`` settings of an analyzers.conf, as overrides of mailowl's ``[cortex]``."""
-    parser = configparser.ConfigParser(interpolation=None, strict=True)
-    try:
-        with path.open(encoding="utf-8") as fh:
-            parser.read_file(fh)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except configparser.Error as exc:
-        raise ConfigError(f"{path}: not a valid analyzers.conf: {exc}") from None
+    parser = load_ini(path, ConfigError, "analyzers.conf")
     if parser.has_section("cuckoo"):
         raise ConfigError(f"{path}: [cuckoo]: Cuckoo is not supported by mailowl; remove the [cuckoo] section "
                           "(a Cuckoo or CAPE sandbox can still be reached through a Cortex analyzer)")

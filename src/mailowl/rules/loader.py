@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
 import re
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -13,7 +12,7 @@ from mailowl.analysis.contract import Resources
 from mailowl.analysis.cortex import CortexSettings
 from mailowl.rules import RULES, Rule, RulesetError, load_builtin_rules
 from mailowl.rules.engine import Engine
-from mailowl.tomlfile import load_toml
+from mailowl.tomlfile import load_ini, load_toml
 
 if TYPE_CHECKING:
     from mailowl.config import Config
@@ -35,14 +34,7 @@ def default_ruleset_path() -> Path:
 
 
 def _ini_sections(path: Path) -> list[tuple[str, list[tuple[str, str]]]]:
-    parser = configparser.ConfigParser(interpolation=None, strict=True)
-    try:
-        with path.open(encoding="utf-8") as fh:
-            parser.read_file(fh)
-    except OSError as exc:
-        raise RulesetError(f"{path}: cannot read: {exc.strerror}") from None
-    except configparser.Error as exc:
-        raise RulesetError(f"{path}: not a valid ruleset file: {exc}") from None
+    parser = load_ini(path, RulesetError, "ruleset file")
     return [(name, list(parser[name].items())) for name in parser.sections()]
 
 
