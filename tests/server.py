@@ -107,6 +107,7 @@ class Process:
     """A server process (PeekabooAV or mailowl) and a client for its REST API."""
 
     def __init__(self, tmp: Path, args: list[str], port: int, ping: str, env: dict[str, str] | None = None) -> None:
+        self.port = port
         self.log_path = tmp / "server.log"
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)

@@ -18,8 +18,9 @@ import pytest
 from . import server as server_module
 from .postfix import Postfix, receiver, sender
 from .rspamd import PLUGIN, STANDALONE, Rspamd
-from .server import Server, free_port
-from .test_differential import PEEKABOO, Peekaboo
+from .server import Process, Server, free_port
+from .test_differential import PEEKABOO
+from .test_differential import peekaboo as start_peekaboo
 from .test_postfix_milter import BAT, PDF, mail, send, support_id, wait_analysed
 
 DEBIAN = Path(__file__).parent.parent / "integrations/rspamd/debian"
@@ -181,9 +182,9 @@ def test_mailowl_stopped_keeps_mail_queued_until_it_is_back(tmp_path: Path, monk
 
 
 @pytest.fixture(scope="module")
-def peekaboo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peekaboo]:
+def peekaboo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     assert PEEKABOO.exists(), "PeekabooAV 2.1 must be installed in .venv-peekaboo (.ci/run installs it)"
-    pk = Peekaboo(tmp_path_factory.mktemp("peekaboo"))
+    pk = start_peekaboo(tmp_path_factory.mktemp("peekaboo"))
     yield pk
     pk.stop()
 
@@ -220,7 +221,7 @@ def test_slow_mailowl_is_a_soft_reject_or_what_fail_action_says(tmp_path: Path) 
         owl.stop()
 
 
-def test_parts_mode_against_peekaboo(peekaboo: Peekaboo) -> None:
+def test_parts_mode_against_peekaboo(peekaboo: Process) -> None:
     """mode = "parts" speaks only PeekabooAV's v1 API: the same flow against PeekabooAV 2.1 itself."""
     rspamd, rx = pipeline(f"http://127.0.0.1:{peekaboo.port}", 'mode = "parts";\n')
     try:
