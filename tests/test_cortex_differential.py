@@ -17,7 +17,7 @@ import pytest
 
 from tests.cortex_server import CortexStandIn, Job, fileinfo, running
 from tests.server import Process, Server, free_port
-from tests.test_differential import PEEKABOO, verdict_v1
+from tests.test_differential import PEEKABOO, peekaboo_with, verdict_v1
 
 TOKEN = "differential-key"
 
@@ -82,17 +82,6 @@ def corpus() -> list[tuple[str, bytes, str]]:
     return files
 
 
-def peekaboo(tmp: Path, ruleset: Path, analyzers: Path) -> Process:
-    port = free_port()
-    (tmp / "reports").mkdir()
-    (tmp / "peekaboo.conf").write_text(
-        f"[global]\nuser : root\ngroup : root\nhost : 127.0.0.1\nport : {port}\nworker_count : 2\n"
-        f"processing_info_dir : {tmp / 'reports'}\n[ruleset]\nconfig : {ruleset}\n"
-        f"[analyzers]\nconfig : {analyzers}\n[logging]\nlog_level : WARNING\n"
-        f"[db]\nurl : sqlite:///{tmp / 'peekaboo.db'}\n")
-    return Process(tmp, [str(PEEKABOO), "-c", str(tmp / "peekaboo.conf")], port, "/ping")
-
-
 def mailowl(tmp: Path, ruleset: Path, analyzers: Path) -> Process:
     """``mailowl serve --ruleset ruleset.conf --analyzers analyzers.conf``"""
     port = free_port()
@@ -114,7 +103,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Se
         ruleset.write_text(RULESET)
         analyzers.write_text(f"[cortex]\nurl : {cortex.url}\napi_token : {TOKEN}\npoll_interval : 1\n"
                              "tlp : amber\nsubmit_original_filename : yes\nmaximum_job_age : 120\n")
-        theirs = peekaboo(tmp_path_factory.mktemp("peekaboo"), ruleset, analyzers)
+        theirs = peekaboo_with(tmp_path_factory.mktemp("peekaboo"), ruleset, analyzers)
         try:
             ours = mailowl(tmp_path_factory.mktemp("mailowl"), ruleset, analyzers)
             try:

@@ -114,14 +114,19 @@ def corpus() -> list[tuple[str, bytes, str, str | None]]:
 
 
 def peekaboo(tmp: Path) -> Process:
-    port = free_port()
-    (tmp / "reports").mkdir()
     (tmp / "analyzers.conf").write_text("")
     (tmp / "ruleset.conf").write_text(RULESET)
+    return peekaboo_with(tmp, tmp / "ruleset.conf", tmp / "analyzers.conf")
+
+
+def peekaboo_with(tmp: Path, ruleset: Path, analyzers: Path) -> Process:
+    """PeekabooAV 2.1 on SQLite in ``tmp`` with the given ruleset.conf and analyzers.conf."""
+    port = free_port()
+    (tmp / "reports").mkdir()
     (tmp / "peekaboo.conf").write_text(
         f"[global]\nuser : root\ngroup : root\nhost : 127.0.0.1\nport : {port}\nworker_count : 2\n"
-        f"processing_info_dir : {tmp / 'reports'}\n[ruleset]\nconfig : {tmp / 'ruleset.conf'}\n"
-        f"[analyzers]\nconfig : {tmp / 'analyzers.conf'}\n[logging]\nlog_level : WARNING\n"
+        f"processing_info_dir : {tmp / 'reports'}\n[ruleset]\nconfig : {ruleset}\n"
+        f"[analyzers]\nconfig : {analyzers}\n[logging]\nlog_level : WARNING\n"
         f"[db]\nurl : sqlite:///{tmp / 'peekaboo.db'}\n")
     return Process(tmp, [str(PEEKABOO), "-c", str(tmp / "peekaboo.conf")], port, "/ping")
 
