@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import shutil
 import socket
@@ -23,11 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.header import run_header  # noqa: E402
 from tests.clamd import MARKER, Clamd  # noqa: E402
 
 from mailowl.analysis.clamav import Clamd as Client  # noqa: E402
@@ -70,10 +68,7 @@ def main() -> None:
                 items.append(data)
             paths = sorted(str(p) for p in files.iterdir())
             report: dict[str, object] = {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
-                           f"Python {platform.python_version()}",
-                "command": " ".join(sys.argv), "files": args.files,
+                **run_header(), "files": args.files,
                 "bytes": sum(len(d) for d in items), "expected_detections": (args.files + 9) // 10,
             }
             started = time.perf_counter()

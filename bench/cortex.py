@@ -20,17 +20,16 @@ import asyncio
 import http.client
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from header import run_header  # noqa: E402
 from load import BOUNDARY, make_samples, run_round  # noqa: E402
 from rest import free_port, stop, wait_http  # noqa: E402
 
@@ -191,9 +190,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=10.0)
     args = parser.parse_args()
     report: dict[str, object] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-        "command": " ".join(sys.argv), "loadavg_at_start": loadavg(),
+        **run_header(), "loadavg_at_start": loadavg(),
     }
     stand_in = subprocess.Popen([sys.executable, "-c", STAND_IN.format(root=str(ROOT), delay=args.delay)],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

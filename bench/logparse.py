@@ -14,7 +14,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -22,11 +21,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from grok_port import grok  # noqa: E402
+from header import run_header  # noqa: E402
 
 from mailowl.logs.klms import parse, to_ndjson  # noqa: E402
 
@@ -111,10 +110,7 @@ def main() -> None:
     (command, command_cpu), (ecs, ecs_cpu) = command_rate(data, "klms"), command_rate(data, "ecs")
     ours_cpu, regex_cpu = rate(parse, data, clock=time.process_time), rate(grok, data, clock=time.process_time)
     print(json.dumps({
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "command": " ".join(sys.argv), "lines": len(data), "with_parts": sum(1 for line in data if 'part "' in line),
+        **run_header(), "lines": len(data), "with_parts": sum(1 for line in data if 'part "' in line),
         "parse_failures": failures, "mailowl_lines_per_s": round(ours), "grok_regex_lines_per_s": round(regex),
         "speedup": round(ours / regex, 2),
         "ndjson_klms_lines_per_s": round(ndjson), "ndjson_speedup": round(ndjson / regex, 2),

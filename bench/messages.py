@@ -9,17 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.header import run_header  # noqa: E402
 from bench.load import Connection  # noqa: E402
 from bench.milter import _cpu_seconds, message_file  # noqa: E402
 from tests.server import Server  # noqa: E402
@@ -62,9 +60,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     report: dict[str, object] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-        "command": " ".join(sys.argv),
+        **run_header(),
     }
     with tempfile.TemporaryDirectory() as tmp:
         body = message_file(Path(tmp)).read_bytes()

@@ -10,18 +10,17 @@ import argparse
 import base64
 import json
 import os
-import platform
 import smtplib
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.header import run_header  # noqa: E402
 from tests.postfix import Postfix  # noqa: E402
 from tests.server import Server, free_port  # noqa: E402
 
@@ -67,9 +66,7 @@ def main() -> None:
                         help="alternate bare and milter runs this many times; the ratio of the medians counts")
     args = parser.parse_args()
     report: dict[str, object] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-        "command": " ".join(sys.argv),
+        **run_header(),
     }
     bare_runs: list[dict[str, float | int]] = []
     milter_runs: list[dict[str, float | int]] = []

@@ -11,17 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from header import run_header  # noqa: E402
 from load import fresh_and_cached  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,9 +105,7 @@ def main() -> None:
     parser.add_argument("--peekaboo-samples", type=int, default=2000)
     args = parser.parse_args()
     report: dict[str, object] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-        "command": " ".join(sys.argv), "samples": args.samples, "clients": args.clients,
+        **run_header(), "samples": args.samples, "clients": args.clients,
     }
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

@@ -12,17 +12,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import smtplib
 import statistics
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.header import run_header  # noqa: E402
 from bench.milter import _cpu_seconds, message_file, run_source  # noqa: E402
 from tests.postfix import Postfix  # noqa: E402
 from tests.rspamd import Rspamd  # noqa: E402
@@ -63,9 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     report: dict[str, object] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-        "command": " ".join(sys.argv),
+        **run_header(),
     }
     alone_runs: list[dict[str, float | int]] = []
     owl_runs: list[dict[str, float | int]] = []
