@@ -16,6 +16,8 @@ ALLOWED = {
     "store": {"results"},
     "rules": {"analysis", "store", "expr", "results", "config", "tomlfile", "defaults"},
     "core": {"analysis", "rules", "store", "logs", "results", "metrics"},
+    # the web interface only reads what was decided: the store, the verdict log's format, the configuration
+    "web": {"store", "logs", "results", "config"},
 }
 
 

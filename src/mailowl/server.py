@@ -23,6 +23,7 @@ from mailowl.mail.smtp import ContentFilter
 from mailowl.rules.engine import Engine
 from mailowl.rules.loader import engine_for
 from mailowl.store import Store
+from mailowl.web.app import create_ui, with_ui
 
 log = logging.getLogger("mailowl")
 
@@ -92,8 +93,11 @@ def make_asgi(config: Config, service: AnalysisService) -> Any:
                      ", ".join(service.engine.rule_names))
             yield
 
-    return create_app(service, config.server.max_sample_size, config.server.token, lifespan=lifespan,
-                      report_wait=config.server.report_wait, policy=mail_policy(config))
+    api = create_app(service, config.server.max_sample_size, config.server.token, lifespan=lifespan,
+                     report_wait=config.server.report_wait, policy=mail_policy(config))
+    # the read-only web interface at /ui (mailowl/web), behind the same token
+    ui = create_ui(lambda: service.store.engine, lambda: service.pending, config.server.token)
+    return with_ui(api, ui)
 
 
 def serve(config: Config, engine: Engine | None = None) -> None:

@@ -43,8 +43,11 @@ jobs = Table(
     Column("finished_at", DateTime(timezone=True)),
     #: the process that created the job ("host pid start-ticks"): only a dead run's pending jobs are abandoned
     Column("run", String(128)),
+    #: JSON: the reports the rules read during the analysis, as far as they computed them (expr/facts.py)
+    Column("facts", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")),
     Index("ix_jobs_identity", "identity"),
     Index("ix_jobs_created", "created_at"),
+    Index("ix_jobs_sha256", "sha256"),  # the web interface's search by hash (migration 0007)
     sqlite_autoincrement=True,
 )
 
@@ -64,6 +67,7 @@ messages = Table(
     Column("parts", Text),
     Column("findings", Text),
     Index("ix_messages_created", "created_at"),
+    Index("ix_messages_from", "mail_from", "created_at"),  # the web interface's search by sender (0007)
 )
 
 #: samples waiting for a remote analysis (Cortex): the sample itself, the jobs waiting for its verdict,
