@@ -1,4 +1,4 @@
-"""Command line: serve, scan, check-config, db, mail, logs, expr."""
+"""Command line: serve, scan, check-config, db, mail, logs, expr, demo."""
 
 from __future__ import annotations
 
@@ -274,6 +274,18 @@ def cmd_expr(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+    import tempfile
+
+    from mailowl.demo.run import run
+
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="mailowl-demo-"))
+    outcomes = asyncio.run(run(directory.resolve(), once=args.once, token=args.token, port=args.port))
+    # every mail ended as the story says it should
+    return 0 if outcomes and all((o.state == "delivered") == (o.expect == "delivered") for o in outcomes) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailowl", description="Email attachment analysis gateway")
     p.add_argument("--version", action="version", version=f"mailowl {__version__}")
@@ -327,6 +339,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--type", help="with --file: the declared content type")
     s.add_argument("--disposition", help="with --file: the declared content disposition (inline, attachment)")
     s.set_defaults(func=cmd_expr)
+    s = sub.add_parser("demo", help="send demo mails through mailowl on loopback, narrated; serve the web interface")
+    s.add_argument("--dir", type=Path, help="where everything goes: Maildir, store, verdict log (default: a new "
+                   "temporary directory)")
+    s.add_argument("--once", action="store_true", help="exit after the story instead of serving the web interface")
+    s.add_argument("--token", default="", help="require this token for the web interface")
+    s.add_argument("--port", type=int, default=8100, help="web interface port if free (default 8100, else any)")
+    s.set_defaults(func=cmd_demo)
     db = sub.add_parser("db", help="store maintenance").add_subparsers(dest="db_command", required=True)
     s = db.add_parser("purge", help="delete finished jobs older than a given age")
     s.add_argument("--config", type=Path)
