@@ -121,7 +121,8 @@ def test_facts_of_a_finished_job_try_an_expression_on_them(tmp_path: Path) -> No
     facts = json.loads(done.stdout)
     assert facts["sample"]["filename"] == "run.bat" and facts["sample"]["file_size"] == len(content)
     assert facts["knownreport"]["known"] and facts["knownreport"]["result"] == "bad"
-    assert "not kept with a job: filereport.type_as_text" in done.stderr
+    # decided by `known` from the cache: no rule read the file's type, none of it was computed
+    assert "not computed during the analysis (no rule read them): filereport.type_as_text" in done.stderr
     first_facts = json.loads(mailowl("expr", "facts", str(first["job_id"]), "--config", str(config)).stdout)
     assert first_facts["knownreport"]["known"] is False  # as it stood when that job was created
     assert first_facts["filereport"]["type_by_content"] == "text/x-msdos-batch"

@@ -27,6 +27,10 @@ class Field:
     #: the field of an empty report: PeekabooAV checks expressions at start-up on empty reports, and so
     #: does mailowl, with these values
     empty: Any
+    #: reading it may do costly work the report left for later (libmagic's description, olevba's reveal);
+    #: the report's ``computed(name)`` says whether that is done. The facts kept with a job record such a
+    #: field only once a rule has read it: recording must never force the work.
+    lazy: bool = False
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Analyser:
     runs: Literal["worker", "loop"]
     #: the setting that bounds one run, for the documentation and error messages
     limit: str
+    #: what does the work (library, service), the ``backend`` label of the analyser metrics
+    backend: str
     #: why it cannot run with these resources (missing configuration), or None
     unavailable: Callable[[Resources], str | None] = field(default=lambda resources: None)
     #: one line for the documentation

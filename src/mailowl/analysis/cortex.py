@@ -143,6 +143,16 @@ def _fileinfo_hashes(raw: Mapping[str, Any]) -> dict[str, Any]:
     return content if isinstance(content, dict) else {}
 
 
+#: what expressions read of every analyzer's report (``cortexreport.<Name>Report.<attribute>``)
+ANALYZER_FIELDS = ("taxonomies", "level", "artifacts", "domain_artifacts", "hash_artifacts", "ip_artifacts", "full",
+                   "sha256sum", "md5sum", "ssdeepsum", "n_of_all", "signatures", "malscore")
+
+
+def expression_name(analyzer: str) -> str:
+    """The name expressions read an analyzer's report by: PeekabooAV's for its five, else <analyzer>Report."""
+    return next((name for name, (known, _) in KNOWN.items() if known == analyzer), f"{analyzer}Report")
+
+
 class AnalyzerReport(str):
     """One analyzer's report as expressions read it: ``cortexreport.FileInfoReport.level``.
 

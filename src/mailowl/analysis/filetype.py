@@ -48,6 +48,10 @@ class FileReport:
             self._text = type_as_text(self.content)
         return self._text
 
+    def computed(self, name: str) -> bool:
+        """False while reading ``name`` would still run libmagic (``type_as_text`` before anyone read it)."""
+        return name != "type_as_text" or self._text is not None or not self.content
+
     @property
     def mime_types(self) -> set[str]:
         return {t for t in (self.type_by_name, self.type_by_content) if t}

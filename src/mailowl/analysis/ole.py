@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 logging.getLogger("olevba").setLevel(logging.CRITICAL)
 
 
+#: lazy attribute -> the cached property it computes
+_LAZY = {"vba_code": "_revealed", "has_autoexec": "autoexec", "detected_autoexec": "autoexec",
+         "is_suspicious": "suspicious", "detected_suspicious": "suspicious"}
+
+
 class OleReport:
     FIELDS = frozenset({"has_office_macros", "vba_code", "has_autoexec", "detected_autoexec",
                         "is_suspicious", "detected_suspicious"})
@@ -27,6 +32,13 @@ class OleReport:
         self.has_office_macros = has_office_macros
         #: VBA source of each macro olevba found (empty unless it found VBA)
         self.macros = macros or []
+
+    def computed(self, name: str) -> bool:
+        """False while reading ``name`` would still run olevba's reveal or its keyword scans."""
+        cache = _LAZY.get(name)
+        if cache is None or cache in self.__dict__:
+            return True
+        return self._parser is None if cache == "_revealed" else not self.macros
 
     @cached_property
     def _revealed(self) -> str | None:

@@ -55,6 +55,12 @@ class Parked:
     type_declared: str | None
     content_disposition: str | None
     reports: dict[str, Any] = field(default_factory=dict)
+    #: the jobs waiting for the verdict: the service's list, which duplicates join (``joined``)
+    jobs: list[Job] = field(default_factory=list)
+    #: the job ids the row has
+    written: list[int] = field(default_factory=list)
+    #: one write of the row's job ids at a time, so the last one written is the newest list
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Parking:
@@ -70,7 +76,11 @@ class Parking:
         self.clock = clock
         self.client = CortexClient(settings, transport, on_error=self._error)
         self.parked: dict[int, Parked] = {}
+        #: the same entries by in-flight key, for duplicates joining a parked sample
+        self._by_key: dict[str, Parked] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: writes of joined jobs' ids: awaited, not cancelled, at stop, so a restart finds those jobs
+        self._joins: set[asyncio.Task[None]] = set()
         #: waitreport works (until Cortex answers 404 for it)
         self._wait = settings.wait > 0
 
@@ -83,8 +93,36 @@ class Parking:
     # parking -------------------------------------------------------------------------------------------
     def park(self, key: str, sample: Sample, jobs: list[Job], need: NeedsRemote) -> None:
         """Take the sample out of the queue until Cortex has answered; called on the event loop."""
-        # only names are kept of the request: its traceback holds the whole analysis (sample included)
-        self._spawn(self._park(key, sample, list(jobs), need.analyzer, need.data_type))
+        # only names are kept of the request: its traceback holds the whole analysis (sample included).
+        # ``jobs`` is the service's list, not a copy: duplicates that join while the row is written are in it
+        self._spawn(self._park(key, sample, jobs, need.analyzer, need.data_type))
+
+    def joined(self, key: str, jobs: list[Job]) -> None:
+        """A duplicate job (committed) joined the jobs of ``key``: if that sample is parked, its row gets the
+        job's id too, so a restart completes it with the others. Called on the event loop."""
+        entry = self._by_key.get(key)
+        if entry is not None:
+            entry.jobs = jobs
+            self._write_job_ids(entry)
+
+    def _write_job_ids(self, entry: Parked) -> None:
+        if [job.id for job in entry.jobs if job.id > 0] == entry.written:
+            return
+        task = asyncio.get_running_loop().create_task(self._job_ids(entry))
+        self._joins.add(task)
+        task.add_done_callback(self._joins.discard)
+
+    async def _job_ids(self, entry: Parked) -> None:
+        async with entry.writing:
+            ids = [job.id for job in entry.jobs if job.id > 0]  # read under the lock: the newest list wins
+            if ids == entry.written or entry.row not in self.parked:
+                return
+            try:
+                await self.store.parked.set_job_ids(entry.row, ids)
+            except Exception as exc:  # the jobs still get the verdict from memory; only a restart loses them
+                log.warning("jobs joining parked sample %s could not be stored: %s", entry.identity, exc)
+                return
+            entry.written = ids
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -96,19 +134,25 @@ class Parking:
         reports = dict(cortex.reports) if isinstance(cortex, CortexReport) else {}
         now = self.clock()
         try:
-            for job in jobs:
-                await self.store.committed(job)
-            row = await self.store.parked.add(sample.identity, [j.id for j in jobs], analyzer, data_type, _utc(now), _utc(now + self.settings.maximum_job_age),
-                                 sample.filename, sample.type_declared, sample.content_disposition, reports,
-                                 sample.content)
+            index = 0
+            while index < len(jobs):  # by index: duplicates may join while this waits
+                await self.store.committed(jobs[index])
+                index += 1
+            ids = [j.id for j in jobs if j.id > 0]
+            row = await self.store.parked.add(sample.identity, ids, analyzer, data_type, _utc(now),
+                                              _utc(now + self.settings.maximum_job_age), sample.filename,
+                                              sample.type_declared, sample.content_disposition, reports,
+                                              sample.content)
         except Exception as exc:
             log.error("sample %s could not be parked for Cortex: %s", sample.sha256, exc)
             self.fail(key, f"Cortex analysis not started: the sample could not be parked in the store: {exc}")
             return
         entry = Parked(row, key, sample.identity, analyzer, data_type, None, now,
                        now + self.settings.maximum_job_age, sample.filename, sample.type_declared,
-                       sample.content_disposition, reports)
+                       sample.content_disposition, reports, jobs, ids)
         self.parked[row] = entry
+        self._by_key[key] = entry
+        self._write_job_ids(entry)  # those that joined while the row was written
         metrics.PARKED.set(len(self.parked))
         try:
             failure = await self._submit(entry, sample)
@@ -128,8 +172,9 @@ class Parking:
                 continue
             entry = Parked(row.id, row.identity, row.identity, row.analyzer, row.data_type, row.remote_job,
                            row.submitted_at.timestamp(), row.deadline.timestamp(), row.filename,
-                           row.type_declared, row.content_disposition, row.reports)
+                           row.type_declared, row.content_disposition, row.reports, jobs, row.job_ids)
             self.parked[row.id] = entry
+            self._by_key[entry.key] = entry
             resumed.append((entry.key, jobs))
             self._spawn(self._resume(entry))
         metrics.PARKED.set(len(self.parked))
@@ -218,6 +263,8 @@ class Parking:
             log.error("parked sample %s could not be read back: %s", entry.identity, exc)
             content = None
         self.parked.pop(entry.row, None)
+        if self._by_key.get(entry.key) is entry:
+            del self._by_key[entry.key]
         metrics.PARKED.set(len(self.parked))
         if content is None:
             self.fail(entry.key, failure or "Cortex analysis failed: the parked sample could not be read back")
@@ -228,11 +275,14 @@ class Parking:
         self.resume(entry.key, sample)
 
     async def stop(self) -> None:
+        if self._joins:  # short writes: a restart must find the jobs that joined
+            await asyncio.gather(*self._joins, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self.parked.clear()
+        self._by_key.clear()
         metrics.PARKED.set(0)
         await self.client.close()
 

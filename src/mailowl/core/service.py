@@ -21,7 +21,7 @@ from mailowl.analysis.cortex import NeedsRemote
 from mailowl.analysis.filetype import FileReport
 from mailowl.analysis.sample import Sample
 from mailowl.core.parking import Parking
-from mailowl.core.workers import Worker, WorkerDied, WorkerTimeout, needs_isolation
+from mailowl.core.workers import Worker, WorkerDied, WorkerTimeout, analyser_in, needs_isolation
 from mailowl.logs.verdicts import VerdictLog
 from mailowl.results import Result
 from mailowl.rules.context import JournalLookup
@@ -117,6 +117,7 @@ class AnalysisService:
                     continue
                 self._abandoned.add(thread)
                 where = self._doing.get(thread.ident or 0, "unknown")
+                metrics.analyser_stopped(analyser_in(where), "timeout")
                 log.warning("%s: analysis timed out in %s (sample %s); a new thread takes over",
                             thread.name, where, sample.sha256)
                 self._finished_in_thread(sample, Verdict(Result.failed, f"Analysis timed out in {where}", []),
@@ -179,6 +180,8 @@ class AnalysisService:
         if waiting is not None:
             waiting.append(job)
             await self.store.committed(job)
+            if self.parking is not None:  # joining a parked sample: into its row, to survive a restart
+                self.parking.joined(key, waiting)
             return job
         self._in_flight[key] = [job]
         self.pending += 1
@@ -297,6 +300,7 @@ class AnalysisService:
         except (WorkerTimeout, WorkerDied) as exc:
             if self._stopping:
                 return Verdict(Result.failed, _INTERRUPTED, [])
+            metrics.analyser_stopped(analyser_in(exc.where), "timeout" if isinstance(exc, WorkerTimeout) else "crash")
             log.warning("%s: %s (sample %s); a new worker process takes over", worker.name, exc, sample.sha256)
             return Verdict(Result.failed, str(exc)[:1].upper() + str(exc)[1:], [])
         except Exception as exc:
@@ -362,6 +366,8 @@ class AnalysisService:
         metrics.QUEUE_DEPTH.set(self.pending)
         if started:
             metrics.LATENCY.observe(time.perf_counter() - started)
+        if verdict.timings:
+            metrics.analysers_ran(verdict.timings)
         facts: dict[str, Any] = sample.facts()
         report = sample.reports.get("filereport")
         if isinstance(report, FileReport):
@@ -370,6 +376,7 @@ class AnalysisService:
         counter = metrics.job_counter(verdict.result.name)
         for job in self._in_flight.pop(key, []):
             job.facts = dict(facts)
+            job.rule_facts = verdict.facts
             job.finish(verdict.result, verdict.reason, verdict.rules, now)
             self.store.job_finished(job)
             counter.inc()

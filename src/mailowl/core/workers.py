@@ -33,6 +33,7 @@ from mailowl.analysis.cortex import CortexReport, NeedsRemote
 from mailowl.analysis.filetype import FileReport
 from mailowl.analysis.ole import could_hold_macros
 from mailowl.analysis.sample import Sample
+from mailowl.analysis.table import ANALYSERS
 from mailowl.store.journal import KnownReport
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,14 @@ def needs_isolation(content: bytes) -> bool:
     """True if analysing ``content`` reaches a parser that could hang or allocate without bound."""
     return (len(content) > IN_THREAD_MAX or content.startswith(_PARSER_MAGIC)
             or detect_format(content) is not None or could_hold_macros(content))
+
+
+def analyser_in(where: str) -> tuple[str, str] | None:
+    """(report, backend) of the analyser an activity text names (``"olereport (rule office_macro)"``), for
+    counting the timeouts and crashes of built-in analysers; None when it names none (a rule, idle)."""
+    name = where.split(" ", 1)[0]
+    analyser = ANALYSERS.get(name)
+    return (name, analyser.backend) if analyser is not None else None
 
 
 class WorkerTimeout(Exception):

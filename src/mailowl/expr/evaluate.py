@@ -358,14 +358,19 @@ def _trial(run: Run, reports: Mapping[str, Any], compiler: _Compiler) -> None:
 #: reports PeekabooAV has that mailowl refuses, and why
 UNSUPPORTED = {
     "cuckooreport": "Cuckoo is not supported by mailowl; use yara, pe or archive reports instead",
-    "cortexreport": "the Cortex backend is not configured in this build of mailowl",
 }
 
 
 def load(text: str, dialect: str = "peekaboo") -> Expression:
     """An expression of a ruleset, checked as at start-up: what check-config and the ``expressions``
-    rule refuse raises ExpressionError with the message they show."""
-    expression = compile_expression(text, {**schema.SCHEMA, **{k: None for k in UNSUPPORTED}}, dialect)
+    rule refuse raises ExpressionError with the message they show. ``cortexreport.<Name>Report.<attribute>``
+    is accepted for any analyzer, as a ruleset with Cortex configured accepts it (nested attributes: the
+    start-up check reads them on empty reports)."""
+    from mailowl.analysis.cortex import TrialCortexReport
+
+    refused: dict[str, frozenset[str] | None] = {name: None for name in UNSUPPORTED}
+    expression = compile_expression(text, {**schema.SCHEMA, **refused, "cortexreport": None}, dialect,
+                                    {**schema.trial_reports(), "cortexreport": TrialCortexReport()})
     for identifier in sorted(expression.identifiers & UNSUPPORTED.keys()):
         raise ExpressionError(f"'{identifier}': {UNSUPPORTED[identifier]}")
     return expression

@@ -1,8 +1,11 @@
 """Facts for ``mailowl expr facts``: of a finished job, from the store, or of a file, analysed now.
 
-A job row keeps the sample's facts and its type by content and by name; the known report is rebuilt from
-the verdicts the store remembers for the same identity, as they stood when the job was created. Other
-report attributes are not kept with a job (``NOT_KEPT``); a file gives them all.
+A job row keeps the sample's facts and its type by content and by name, and (since migration 0006) the
+reports the rules read, in its ``facts`` column (``AnalysisContext.seen``): each report's attributes that
+differ from an empty report's, and the lazy ones (``filereport.type_as_text``, ``olereport.vba_code`` ...)
+only if a rule had them computed. The known report is the one the rules read, else it is rebuilt from
+the verdicts the store remembers for the same identity, as they stood when the job was created.
+Whatever no rule computed is missing (``missing``); a file gives every fact.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from mailowl.expr.schema import REPORTS
+import orjson
+
+from mailowl.analysis.table import ANALYSERS
+from mailowl.expr.schema import REPORTS, to_json
 
 if TYPE_CHECKING:
     from mailowl.analysis.sample import Sample
@@ -22,9 +28,9 @@ if TYPE_CHECKING:
 Facts = dict[str, dict[str, Any]]
 _KEPT = {"sample": set(REPORTS["sample"]), "filereport": {"type_by_content", "type_by_name", "mime_types"},
          "knownreport": set(REPORTS["knownreport"])}
-#: attributes a job does not keep, as ``report.attribute``
+#: attributes a job from before migration 0006 (or one that failed before a verdict) does not keep
 NOT_KEPT = [f"{report}.{attr}" for report, attrs in REPORTS.items() for attr in sorted(attrs)
-            if attr not in _KEPT.get(report, ())]
+            if attr not in _KEPT.get(report, ()) and report != "cortexreport"]
 
 
 def of_job(job: Job, journal: Iterable[JournalEntry]) -> Facts:
@@ -37,7 +43,38 @@ def of_job(job: Job, journal: Iterable[JournalEntry]) -> Facts:
               "identity": kept.get("identity")}
     types = [kept.get("type_by_name"), kept.get("type_by_content")]
     filereport = {"type_by_content": types[1], "type_by_name": types[0], "mime_types": sorted({t for t in types if t})}
-    return {"sample": sample, "filereport": filereport, "knownreport": known_then(journal, job.created_at)}
+    facts = {"sample": sample, "filereport": filereport, "knownreport": known_then(journal, job.created_at)}
+    for name, values in read_by_rules(job).items():
+        facts[name] = {**facts.get(name, {}), **values}  # what the rules read wins over what was rebuilt
+    return {name: facts[name] for name in REPORTS if name in facts}  # in the order of the documentation
+
+
+def read_by_rules(job: Job) -> Facts:
+    """The reports the rules read during the job's analysis, every attribute they had computed."""
+    if not job.rule_facts:
+        return {}
+    stored: Facts = orjson.loads(job.rule_facts)
+    out: Facts = {}
+    for name, values in stored.items():
+        fields = ANALYSERS[name].fields if name in ANALYSERS else {}
+        if name == "cortexreport":
+            out[name] = values  # per analyzer, as the rules read them
+            continue
+        # only attributes that differ from an empty report's are stored; lazy ones whenever computed
+        empty = {attr: to_json(value) for attr, (_, value) in REPORTS.get(name, {}).items()
+                 if not (attr in fields and fields[attr].lazy)}
+        out[name] = {**empty, **values}
+    return out
+
+
+def missing(job: Job, facts: Facts) -> tuple[str, list[str]]:
+    """What ``facts`` (``of_job``) lacks: ("not kept with a job", NOT_KEPT) for a job without stored
+    facts, else ("not computed during the analysis", the attributes no rule had computed)."""
+    if not job.rule_facts:
+        return "not kept with a job", NOT_KEPT
+    absent = [f"{name}.{attr}" for name, attrs in REPORTS.items() if name != "cortexreport"
+              for attr in sorted(attrs) if attr not in facts.get(name, {})]
+    return "not computed during the analysis (no rule read them)", absent
 
 
 def known_then(journal: Iterable[JournalEntry], when: datetime) -> dict[str, Any]:

@@ -84,6 +84,27 @@ class MissingFact(AttributeError):
     pass
 
 
+class AnalyzerFacts(str):
+    """One Cortex analyzer's report given as facts (``{"cortexreport": {"FileInfoReport": {"level": ...}}}``).
+    A str, as the real report is, because expressions read attributes of plain values only."""
+
+    _values: dict[str, Any]
+
+    def __new__(cls, name: str, values: Mapping[str, Any]) -> AnalyzerFacts:
+        self = super().__new__(cls, name)
+        self._values = dict(values)
+        return self
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        try:
+            value = self._values[attr]
+        except KeyError:
+            raise MissingFact(f"no fact cortexreport.{self}.{attr} given") from None
+        return type(value)(value) if isinstance(value, (list, dict)) else value  # as the real report: fresh
+
+
 @cache
 def trial_reports() -> dict[str, Facts]:
     """PeekabooAV's start-up dummies, one object per report (shared: Facts hands out copies)."""
@@ -98,7 +119,14 @@ def from_json(facts: Mapping[str, Any]) -> dict[str, Facts]:
         if not isinstance(values, Mapping):
             raise ValueError(f"facts of {name!r} must be an object of attribute values")
         kinds = REPORTS.get(name, {})
-        converted = {}
+        converted: dict[str, Any] = {}
+        if name == "cortexreport":  # one object of attributes per analyzer
+            for analyzer, report in values.items():
+                if not isinstance(report, Mapping):
+                    raise ValueError(f"facts of cortexreport.{analyzer} must be an object of attribute values")
+                converted[analyzer] = AnalyzerFacts(analyzer, report)
+            out[name] = Facts(name, converted)
+            continue
         for attr, value in values.items():
             kind = kinds.get(attr, (PLAIN, None))[0]
             if kind == SET and isinstance(value, list):

@@ -22,6 +22,7 @@ from mailowl.expr.evaluate import Expression, ExpressionError, NotAResult, Unrea
 if TYPE_CHECKING:
     from mailowl.config import Config
     from mailowl.rules.engine import Engine
+    from mailowl.store.jobs import Job
 
 Answer = dict[str, Any]
 
@@ -137,14 +138,16 @@ def run_facts(args: argparse.Namespace, load_engine: Callable[[], tuple[Config, 
     else:
         if args.job_id is None:
             raise UsageError("give a JOB_ID (or --file FILE)")
-        found = _job_facts(args)
-        print(f"mailowl: not kept with a job: {', '.join(facts_of.NOT_KEPT)} "
-              f"(`mailowl expr facts --file` on the sample gives every fact)", file=sys.stderr)
+        job, found = _job_facts(args)
+        why, absent = facts_of.missing(job, found)
+        if absent:
+            print(f"mailowl: {why}: {', '.join(absent)} "
+                  f"(`mailowl expr facts --file` on the sample gives every fact)", file=sys.stderr)
     print(json.dumps(found, indent=2, ensure_ascii=False))
     return 0
 
 
-def _job_facts(args: argparse.Namespace) -> dict[str, Any]:
+def _job_facts(args: argparse.Namespace) -> tuple[Job, dict[str, Any]]:
     import asyncio
 
     from mailowl.config import load_config
@@ -153,7 +156,7 @@ def _job_facts(args: argparse.Namespace) -> dict[str, Any]:
 
     config = load_config(args.config)
 
-    async def run() -> dict[str, Any]:
+    async def run() -> tuple[Job, dict[str, Any]]:
         store = Store(config.store_url, max_age=config.store.max_age, purge_min_age=config.store.purge_min_age)
         await store.open()
         try:
@@ -163,7 +166,7 @@ def _job_facts(args: argparse.Namespace) -> dict[str, Any]:
             journal = await store.journal(job.identity)
         finally:
             await store.close()
-        return of_job(job, journal.journal)
+        return job, of_job(job, journal.journal)
 
     return asyncio.run(run())
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from mailowl.analysis import activity
 from mailowl.analysis.archive import Budget
+from mailowl.analysis.cortex import ANALYZER_FIELDS, AnalyzerReport, CortexReport, expression_name
 from mailowl.analysis.sample import Sample
 from mailowl.analysis.table import ANALYSERS
 from mailowl.expr.evaluate import fact
@@ -18,6 +22,10 @@ if TYPE_CHECKING:
     from mailowl.rules.engine import Engine
 
 JournalLookup = Callable[[str], KnownReport]
+#: one analyser run: (report, backend, seconds, whether it raised), for the metrics of the parent process
+Timing = tuple[str, str, float, bool]
+#: a Cortex report's ``full`` above this many bytes of JSON is not kept with the job (sandboxes send megabytes)
+_FULL_KEPT = 64 * 1024
 
 
 class SampleView:
@@ -56,8 +64,11 @@ class SampleView:
 
 
 class AnalysisContext:
-    def __init__(self, sample: Sample, engine: Engine, journal: JournalLookup, budget: Budget) -> None:
+    def __init__(self, sample: Sample, engine: Engine, journal: JournalLookup, budget: Budget,
+                 timings: list[Timing] | None = None) -> None:
         self.sample = sample
+        #: every analyser run of this analysis (archive members' included, the engine shares the list)
+        self.timings: list[Timing] = [] if timings is None else timings
         self.engine = engine
         self.journal = journal
         #: the top-level sample's archive budget, shared by every member analysed below it
@@ -80,7 +91,14 @@ class AnalysisContext:
             missing = analyser.unavailable(self.engine.resources)
             if missing is not None:
                 raise LookupError(f"{name}: {missing}")
-            value = analyser.run(self.sample, self.engine.resources, self.budget)
+            started = time.perf_counter()
+            try:
+                value = analyser.run(self.sample, self.engine.resources, self.budget)
+            except Exception:
+                self.timings.append((name, analyser.backend, time.perf_counter() - started, True))
+                raise
+            if analyser.runs == "worker":  # a remote one is timed where it waits (core/parking.py)
+                self.timings.append((name, analyser.backend, time.perf_counter() - started, False))
         else:
             raise LookupError(f"no analyser provides '{name}'")
         reports[name] = value
@@ -98,3 +116,38 @@ class AnalysisContext:
         reports = {"sample": SampleView(self.sample), **self.sample.reports}
         return {name: {attr: to_json(fact(getattr(reports[name], attr))) for attr in sorted(attrs)}
                 for name, attrs in REPORTS.items() if name in reports and name != "cortexreport"}
+
+    def seen(self) -> str | None:
+        """The reports the rules read, as compact JSON for the job's ``facts`` column (expr/facts.py reads
+        it): each report's attributes that differ from an empty report's, lazy ones only if a rule made
+        them computed, so recording costs no libmagic or olevba run. The sample is not here: the job's row
+        keeps its facts."""
+        seen: dict[str, Any] = {}
+        for name, report in self.sample.reports.items():
+            if name == "cortexreport":
+                if isinstance(report, CortexReport) and report.reports:
+                    seen[name] = {expression_name(a): _analyzer_facts(report, a) for a in report.reports}
+                continue
+            attrs = REPORTS.get(name)
+            if attrs is None or name == "sample":
+                continue
+            fields = ANALYSERS[name].fields if name in ANALYSERS else {}
+            values = {}
+            for attr, (_, empty) in attrs.items():
+                field = fields.get(attr)
+                lazy = field is not None and field.lazy
+                if lazy and not report.computed(attr):
+                    continue
+                value = fact(getattr(report, attr))
+                if lazy or value != empty:  # a lazy one is kept even when empty: it says it was computed
+                    values[attr] = to_json(value)
+            seen[name] = values
+        return orjson.dumps(seen, default=str).decode() if seen else None
+
+
+def _analyzer_facts(report: CortexReport, analyzer: str) -> dict[str, Any]:
+    read = AnalyzerReport(analyzer, report.reports[analyzer])  # not getattr: a later failure would raise
+    values = {attr: to_json(getattr(read, attr)) for attr in ANALYZER_FIELDS}
+    if len(orjson.dumps(values["full"], default=str)) > _FULL_KEPT:
+        del values["full"]
+    return values

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from mailowl.analysis import activity
 from mailowl.analysis.archive import Budget
@@ -12,13 +13,15 @@ from mailowl.analysis.cortex import NeedsRemote
 from mailowl.analysis.sample import Sample
 from mailowl.results import Result, RuleResult
 from mailowl.rules import Rule
-from mailowl.rules.context import AnalysisContext, JournalLookup
+from mailowl.rules.context import AnalysisContext, JournalLookup, Timing
 from mailowl.store.journal import KnownReport
 
 log = logging.getLogger(__name__)
 
 
-Wire = tuple[int, str, list[tuple[str, int, str, bool]]]
+Wire = tuple[int, str, list[tuple[str, int, str, bool]], str | None, list[Timing]]
+#: the analyser timings of the top-level analysis running in this thread, which its archive members share
+_running = threading.local()
 
 
 @dataclass
@@ -26,17 +29,22 @@ class Verdict:
     result: Result
     reason: str
     rules: list[RuleResult]
+    #: JSON of the reports the rules read (AnalysisContext.seen), kept with the job; None for none
+    facts: str | None = None
+    #: every analyser run, archive members' included, for the metrics (recorded by the parent process)
+    timings: list[Timing] = field(default_factory=list)
 
     def to_wire(self) -> Wire:
         """Plain tuples for the pipe from a worker process: unpickling dataclasses and enums costs the
         parent several times more."""
         return (int(self.result), self.reason,
-                [(r.rule, int(r.result), r.reason, r.further_analysis) for r in self.rules])
+                [(r.rule, int(r.result), r.reason, r.further_analysis) for r in self.rules], self.facts, self.timings)
 
     @classmethod
     def from_wire(cls, wire: Wire) -> Verdict:
-        result, reason, rules = wire
-        return cls(Result(result), reason, [RuleResult(n, Result(r), why, go) for n, r, why, go in rules])
+        result, reason, rules, facts, timings = wire
+        return cls(Result(result), reason, [RuleResult(n, Result(r), why, go) for n, r, why, go in rules],
+                   facts, timings)
 
 
 def _no_journal(identity: str) -> KnownReport:
@@ -68,7 +76,24 @@ class Engine:
         member = budget is not None
         if budget is None:
             budget = Budget(self.resources.archive_limits, sample.size)
-        ctx = AnalysisContext(sample, self, journal, budget)
+        outer: list[Timing] | None = getattr(_running, "timings", None)
+        timings = outer if member and outer is not None else []
+        _running.timings = timings
+        try:
+            ctx = AnalysisContext(sample, self, journal, budget, timings)
+            result, reason, done = self._rules(ctx, sample, member)
+        finally:
+            _running.timings = outer
+        if member:  # a member's facts and timings belong to the top-level sample's analysis
+            return Verdict(result, reason, done)
+        try:
+            facts = ctx.seen()
+        except Exception:  # recording the facts must never cost the verdict
+            log.warning("facts of %s could not be recorded", sample.sha256, exc_info=True)
+            facts = None
+        return Verdict(result, reason, done, facts, timings)
+
+    def _rules(self, ctx: AnalysisContext, sample: Sample, member: bool) -> tuple[Result, str, list[RuleResult]]:
         result, reason = Result.unchecked, ""
         done: list[RuleResult] = []
         for rule in self.rules:
@@ -92,4 +117,4 @@ class Engine:
                 result, reason = outcome.result, outcome.reason
             if not outcome.further_analysis:
                 break
-        return Verdict(result, reason, done)
+        return result, reason, done

@@ -25,6 +25,8 @@ class Job:
     finished_at: datetime | None = None
     #: who asked: "rest" jobs get a verdict log line of their own, "mail" parts are in their message's line
     origin: str = "rest"
+    #: JSON of the reports the rules read (the ``facts`` column; ``mailowl expr facts`` shows them)
+    rule_facts: str | None = None
     _done: asyncio.Event | None = field(default=None, repr=False)
     #: the group commit that carries this job's row; None once it is committed (or for unstored jobs)
     _commit: asyncio.Future[None] | None = field(default=None, repr=False)

@@ -87,6 +87,11 @@ class ParkedTable:
         statement = update(parked).where(parked.c.id == row_id).values(remote_job=remote_job)
         await self._run(lambda conn: conn.execute(statement))
 
+    async def set_job_ids(self, row_id: int, job_ids: list[int]) -> None:
+        """The jobs waiting for the sample, duplicates that joined after it was parked included."""
+        statement = update(parked).where(parked.c.id == row_id).values(job_ids=",".join(map(str, job_ids)))
+        await self._run(lambda conn: conn.execute(statement))
+
     async def remove(self, row_id: int) -> None:
         statement = delete(parked).where(parked.c.id == row_id)
         await self._run(lambda conn: conn.execute(statement))

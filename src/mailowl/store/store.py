@@ -449,7 +449,8 @@ _UPDATE = (update(jobs).where(jobs.c.id == bindparam("b_id"))
            .values(state=bindparam("state"), result=bindparam("result"), reason=bindparam("reason"),
                    rule_results=bindparam("rule_results"), finished_at=bindparam("finished_at"),
                    type_by_content=bindparam("type_by_content"), sha1=bindparam("sha1"), md5=bindparam("md5"),
-                   file_extension=bindparam("file_extension"), type_by_name=bindparam("type_by_name")))
+                   file_extension=bindparam("file_extension"), type_by_name=bindparam("type_by_name"),
+                   facts=bindparam("facts")))
 
 
 def _write_rows(conn: Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
@@ -482,7 +483,7 @@ _MESSAGE_PROCESSORS = _processors(messages)
 _INSERT_COLUMNS = [c.name for c in jobs.columns if c.name != "id"]
 _MESSAGE_COLUMNS = [c.name for c in messages.columns]
 _UPDATE_COLUMNS = ["b_id", "state", "result", "reason", "rule_results", "finished_at", "type_by_content", "sha1",
-                   "md5", "file_extension", "type_by_name"]
+                   "md5", "file_extension", "type_by_name", "facts"]
 # UPDATE ... FROM (SQLite >= 3.33): the VALUES rows' columns are named column1, column2, ...
 _SQLITE_UPDATE = ("UPDATE jobs SET "
                   + ", ".join(f"{c} = v.column{i}" for i, c in enumerate(_UPDATE_COLUMNS, 1) if c != "b_id")
@@ -622,7 +623,7 @@ def _row(job: Job, run: str | None) -> dict[str, Any]:
     row.update(
         state=job.state, result=job.result.name if job.result is not None else None,
         reason=job.reason, rule_results=orjson.dumps([r.as_dict() for r in job.rules]).decode() if job.rules else None,
-        created_at=job.created_at, finished_at=job.finished_at,
+        created_at=job.created_at, finished_at=job.finished_at, facts=job.rule_facts,
     )
     if run is not None:
         row["run"] = run
@@ -648,4 +649,4 @@ def _job_from_row(row: Any) -> Job:
     assert created is not None
     return Job(id=row["id"], facts=facts, created_at=created, state=row["state"],
                result=Result[row["result"]] if row["result"] else None, reason=row["reason"], rules=rules,
-               finished_at=_aware(row["finished_at"]))
+               finished_at=_aware(row["finished_at"]), rule_facts=row["facts"])
