@@ -214,16 +214,16 @@ def _cursor_of(row: MessageRow) -> str:
 
 
 async def _message_page(engine: AsyncEngine, where: list[ColumnElement[bool]], limit: int,
-                        before: str | None, source: Any = messages) -> Page[MessageRow]:
+                        before: str | None) -> Page[MessageRow]:
     cursor = _message_cursor(before)
     if cursor is not None:
         when, support_id = cursor
         # MariaDB and SQLite keep naive timestamps: compare with what they hold
         if engine.dialect.name != "postgresql":
             when = when.replace(tzinfo=None)
-        where = [*where, or_(source.c.created_at < when,
-                             and_(source.c.created_at == when, source.c.support_id < support_id))]
-    stmt = (select(source).where(*where).order_by(source.c.created_at.desc(), source.c.support_id.desc())
+        where = [*where, or_(messages.c.created_at < when,
+                             and_(messages.c.created_at == when, messages.c.support_id < support_id))]
+    stmt = (select(messages).where(*where).order_by(messages.c.created_at.desc(), messages.c.support_id.desc())
             .limit(limit + 1))
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
@@ -243,10 +243,16 @@ async def messages_from(engine: AsyncEngine, sender: str, limit: int = 50,
 async def messages_to(engine: AsyncEngine, recipient: str, limit: int = 50,
                       before: str | None = None) -> Page[MessageRow]:
     """Messages with ``recipient`` among their envelope recipients, among the newest WINDOW messages."""
-    newest = select(messages).order_by(messages.c.created_at.desc()).limit(WINDOW).subquery("newest")
+    # the window's oldest moment, from the index alone; then newest first through the index until a page is full
+    async with engine.connect() as conn:
+        oldest = (await conn.execute(select(messages.c.created_at).order_by(messages.c.created_at.desc())
+                                     .offset(WINDOW - 1).limit(1))).scalar()
     # rcpt_to is a JSON list of strings: the address with its quotes is one whole element
     pattern = "%" + _escape(orjson.dumps(recipient).decode()) + "%"
-    return await _message_page(engine, [newest.c.rcpt_to.like(pattern, escape="\\")], limit, before, newest)
+    where = [messages.c.rcpt_to.like(pattern, escape="\\")]
+    if oldest is not None:
+        where.append(messages.c.created_at >= oldest)
+    return await _message_page(engine, where, limit, before)
 
 
 def _escape(text: str) -> str:
