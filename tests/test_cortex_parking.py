@@ -249,3 +249,35 @@ async def test_archive_members_are_not_sent_to_cortex(cortex: CortexStandIn, tmp
         assert cortex.submissions() == []
     finally:
         await finish(svc)
+
+
+async def test_a_duplicate_joining_a_parked_sample_survives_a_restart(cortex: CortexStandIn, store_url: str) -> None:
+    """The duplicate's job id goes into the parked row: after a restart both jobs get the verdict."""
+    cortex.delay = 3.0
+    svc = await start(cortex.url, store_url)
+    first = await svc.submit(Sample(b"EVIL twice", filename="d.bin"))
+    deadline = time.monotonic() + 30
+    while not (svc.parking and svc.parking.parked and cortex.submissions()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    second = await svc.submit(Sample(b"EVIL twice", filename="d.bin"))  # joins the parked analysis
+    await finish(svc)
+    assert not first.finished and not second.finished and first.id != second.id
+    store = Store(store_url)
+    await store.open()
+    try:
+        assert [row.job_ids for row in await store.parked.all_rows()] == [[first.id, second.id]]
+    finally:
+        await store.close()
+    svc = await start(cortex.url, store_url)
+    try:
+        resumed = svc._in_flight[first.identity]
+        assert sorted(job.id for job in resumed) == [first.id, second.id]
+        for job in resumed:
+            await job.wait(60)
+        assert [job.result for job in resumed] == [Result.bad, Result.bad]
+        assert len(cortex.submissions()) == 1
+        await svc.store.flush()
+        stored = [await svc.store.get_job(job_id) for job_id in (first.id, second.id)]
+        assert [job.result if job else None for job in stored] == [Result.bad, Result.bad]
+    finally:
+        await finish(svc)
