@@ -249,7 +249,7 @@ async def messages_to(engine: AsyncEngine, recipient: str, limit: int = 50,
                                      .offset(WINDOW - 1).limit(1))).scalar()
     # rcpt_to is a JSON list of strings: the address with its quotes is one whole element
     pattern = "%" + _escape(orjson.dumps(recipient).decode()) + "%"
-    where = [messages.c.rcpt_to.like(pattern, escape="\\")]
+    where: list[ColumnElement[bool]] = [messages.c.rcpt_to.like(pattern, escape="\\")]
     if oldest is not None:
         where.append(messages.c.created_at >= oldest)
     return await _message_page(engine, where, limit, before)
