@@ -104,8 +104,11 @@ def setup(env: dict[str, str], transport: httpx.BaseTransport | None = None) -> 
     password = env.get("CORTEX_ADMIN_PASSWORD", "")
     if not password:
         raise SetupError("CORTEX_ADMIN_PASSWORD is empty: run deploy/compose/generate-env")
-    with admin_client(base, password, transport) as client:
+    client = admin_client(base, password, transport)
+    try:
         key = ensure_user(client, env.get("CORTEX_ORGANISATION", "mailowl"), env.get("CORTEX_USER", "mailowl"))
+    finally:
+        client.close()
     ensure_analyzer(base, key, env.get("CORTEX_ANALYZER", "FileInfo_8_0"), transport)
     path = Path(env.get("ANALYZERS_CONF", "/data/analyzers.conf"))
     write_private(path, analyzers_conf(base, key, env.get("CORTEX_TLP", "amber")))
