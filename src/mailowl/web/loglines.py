@@ -29,8 +29,12 @@ def message_line(message: MessageRow, jobs: dict[int, JobRow]) -> str:
     part_jobs = []
     for part in message.parts:
         row = jobs.get(part.job_id or 0)
-        rules = as_job(row).rules if row is not None else []
         result = _result(part.result)
+        rules: list[RuleResult] = []
+        if result is not None and row is not None:
+            rules = as_job(row).rules
+        elif result is not None:  # answered from the cache: the known rule decided
+            rules = [RuleResult("known", result, part.reason or "", False)]
         part_jobs.append(Job(id=part.job_id or 0, facts={}, created_at=message.created_at,
                              state="done" if result is not None else "pending", result=result,
                              reason=part.reason, rules=rules))

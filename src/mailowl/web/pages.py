@@ -80,7 +80,7 @@ class Pages:
             request, "dashboard.html", chart=chart, span=span, spans=list(SPANS),
             totals={r: sum(series[r]) for r in RESULTS},
             summary=await browse.summary(self.engine, now), queue=self.queue_depth(),
-            messages=(await browse.latest_messages(self.engine, 10)).items,
+            messages=(await browse.latest_messages(self.engine, 20)).items,
             jobs=(await browse.latest_jobs(self.engine, 10)).items)
 
     async def messages(self, request: Request) -> Response:
@@ -97,13 +97,21 @@ class Pages:
         found = await browse.message(self.engine, support_id) if _SUPPORT_ID.fullmatch(support_id) else None
         if found is None:
             return self.not_found(request, f"No message with support id {support_id}")
-        jobs = {}
-        for part in found.parts:
+        jobs: dict[int, browse.JobRow] = {}  # the parts' own jobs, by job id
+        cached: dict[int, browse.JobRow] = {}  # by part index: the job whose verdict the cache answered with
+        for index, part in enumerate(found.parts):
             if part.job_id:
                 row = await browse.job(self.engine, part.job_id)
                 if row is not None:
                     jobs[part.job_id] = row
-        return self.render(request, "message.html", message=found, jobs=jobs, line=message_line(found, jobs))
+            elif part.sha256:
+                # the newest finished job of the same content under the same name gave the cached verdict
+                earlier = await browse.jobs_by_sha256(self.engine, part.sha256, 20)
+                match = [j for j in earlier.items if j.filename == part.filename and j.state == "done"]
+                if match:
+                    cached[index] = match[0]
+        return self.render(request, "message.html", message=found, jobs=jobs, cached=cached,
+                           line=message_line(found, jobs))
 
     async def job(self, request: Request) -> Response:
         key = request.path_params["key"]
