@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -128,21 +129,39 @@ class AnalysisContext:
                 if isinstance(report, CortexReport) and report.reports:
                     seen[name] = {expression_name(a): _analyzer_facts(report, a) for a in report.reports}
                 continue
-            attrs = REPORTS.get(name)
-            if attrs is None or name == "sample":
+            plan = _PLAN.get(name)
+            if plan is None:
                 continue
-            fields = ANALYSERS[name].fields if name in ANALYSERS else {}
             values = {}
-            for attr, (_, empty) in attrs.items():
-                field = fields.get(attr)
-                lazy = field is not None and field.lazy
+            for attr, empty, lazy in plan:
                 if lazy and not report.computed(attr):
                     continue
-                value = fact(getattr(report, attr))
-                if lazy or value != empty:  # a lazy one is kept even when empty: it says it was computed
-                    values[attr] = to_json(value)
+                value = _json(getattr(report, attr))
+                # a lazy one is kept even when empty: that it is there says it was computed
+                if lazy or type(value) is not type(empty) or value != empty:
+                    values[attr] = value
             seen[name] = values
         return orjson.dumps(seen, default=str).decode() if seen else None
+
+
+def _json(value: Any) -> Any:
+    """``to_json(fact(value))``, quicker for the plain values most attributes are (this runs for every job)."""
+    if value is None or type(value) in (str, bool, int, float):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name
+    return to_json(fact(value))
+
+
+#: report -> (attribute, its empty value in JSON form, lazy) of what seen() records; not the sample (the job
+#: row keeps it) nor Cortex's (per analyzer)
+def _lazy(report: str, attr: str) -> bool:
+    field = ANALYSERS[report].fields.get(attr) if report in ANALYSERS else None
+    return field is not None and field.lazy
+
+
+_PLAN = {name: [(attr, _json(empty), _lazy(name, attr)) for attr, (_, empty) in attrs.items()]
+         for name, attrs in REPORTS.items() if name not in ("sample", "cortexreport")}
 
 
 def _analyzer_facts(report: CortexReport, analyzer: str) -> dict[str, Any]:
