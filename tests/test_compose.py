@@ -318,6 +318,48 @@ def test_nothing_depends_on_the_project_name(project: str, tmp_path: Path) -> No
     assert "COMPOSE_PROJECT_NAME" not in FILE.read_text() and project not in text.replace("mailowl-showcase/", "")
 
 
+# --- a second reading: docker-compose 1.29 (Debian's; `config` needs no engine) --------------------
+
+
+def docker_compose(env_file: Path, project: str, profiles: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    env["COMPOSE_PROFILES"] = ",".join(profiles)  # the shell's value beats .env's, as with Compose v2
+    return subprocess.run(["docker-compose", "--project-directory", str(COMPOSE), "-f", str(FILE),
+                           "--env-file", str(env_file), "-p", project, "config"],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("profiles", PROFILE_SETS)
+def test_docker_compose_renders_it_as_these_tests_read_it(profiles: tuple[str, ...], tmp_path: Path) -> None:
+    subprocess.run([str(COMPOSE / "generate-env"), str(tmp_path / ".env")], check=True, capture_output=True)
+    env = read_env(tmp_path / ".env")
+    outputs = []
+    for project in PROJECTS:
+        result = docker_compose(tmp_path / ".env", project, profiles)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    # the project's name changes nothing in the model
+    assert outputs[0] == outputs[1] and not any(p in outputs[0].replace("mailowl-showcase/", "") for p in PROJECTS)
+    rendered = yaml.safe_load(outputs[0])["services"]
+    mine = interpolate(raw(), env)["services"]
+    for name in active(raw(), profiles):
+        theirs = rendered[name]
+        assert theirs.get("environment", {}) == {k: str(v) for k, v in mine[name].get("environment", {}).items()}, name
+        assert theirs.get("image") == mine[name].get("image") and theirs.get("command") == mine[name].get("command")
+        assert {k: v["condition"] for k, v in theirs.get("depends_on", {}).items()} == depends(mine[name])
+        for volume in theirs.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("/") and source not in ("/var/run/docker.sock", env["CORTEX_JOB_DIRECTORY"]):
+                assert Path(source).exists() and Path(source).resolve().is_relative_to(ROOT), volume
+
+
+def test_docker_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
+    example = (COMPOSE / ".env.example").read_text()
+    (tmp_path / ".env").write_text(example)
+    result = docker_compose(tmp_path / ".env", "showcase", ("quick",))
+    assert result.returncode != 0 and "run ./generate-env" in result.stderr, result.stderr
+
+
 # --- the URLs and ports between services ----------------------------------------------------------
 
 
@@ -591,7 +633,7 @@ class CortexStandIn:
         body = json.loads(request.content) if request.content and request.headers.get("content-type",
                                                                                       "").startswith("application/json") else {}
         if path == "/api/maintenance/migrate":
-            return httpx.Response(204)
+            return httpx.Response(401 if self.users else 204)
         if path == "/api/login":
             if self.users.get(body["user"], {}).get("password") != body["password"]:
                 return httpx.Response(401)
