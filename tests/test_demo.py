@@ -5,14 +5,18 @@ from __future__ import annotations
 import email
 import json
 import mailbox
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from email.policy import default
 from pathlib import Path
 from typing import Any
 
 import magic
+import pytest
 from oletools.olevba import VBA_Parser
 
 from mailowl.demo.office import MACRO, word_document_with_macro
@@ -32,15 +36,28 @@ EXPECTED = {
 }
 
 
-def run_demo(directory: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+def run_demo(directory: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "mailowl.cli", "demo", "--once", "--dir", str(directory),
-                           "--port", str(free_port())], capture_output=True, text=True, timeout=300)
+                           "--port", str(free_port()), *extra], capture_output=True, text=True, timeout=300)
     return done, time.monotonic() - started
 
 
-def test_demo_mails_end_as_narrated(tmp_path: Path) -> None:
-    done, wall = run_demo(tmp_path / "demo")
+@pytest.fixture(params=["smtp", "postfix"])
+def ingress(request: pytest.FixtureRequest) -> Iterator[tuple[Path, list[str]]]:
+    """mailowl's own SMTP ingress, or a private real Postfix with mailowl's milter (as root, which the tests
+    are: Postfix's daemons must reach the folder, so it is not pytest's private one)."""
+    top = Path(tempfile.mkdtemp(prefix="mailowl-demo-test-"))
+    top.chmod(0o755)
+    try:
+        yield top, ["--postfix"] if request.param == "postfix" else []
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_demo_mails_end_as_narrated(ingress: tuple[Path, list[str]]) -> None:
+    tmp_path, extra = ingress
+    done, wall = run_demo(tmp_path / "demo", *extra)
     assert done.returncode == 0, done.stdout + done.stderr
     story = json.loads((tmp_path / "demo" / "demo.json").read_text())
     mails: dict[str, Any] = {m["key"]: m for m in story["mails"]}
@@ -50,7 +67,9 @@ def test_demo_mails_end_as_narrated(tmp_path: Path) -> None:
         mail = mails[key]
         assert mail["state"] == state, mail
         for reply, support_id in zip(mail["replies"], mail["support_ids"], strict=True):
-            assert f"(support-id: {support_id})" in reply and support_id in out
+            # Postfix's "250 Ok: queued as ..." names no support id: the delivered mail's header has it
+            assert f"(support-id: {support_id})" in reply or (extra and reply.startswith("250 "))
+            assert support_id in out
         if rule is None:
             assert mail["parts"] == [] and len(mail["replies"]) == 1
             continue
@@ -72,6 +91,9 @@ def test_demo_mails_end_as_narrated(tmp_path: Path) -> None:
     for delivered_mail in delivered:
         result = str(delivered_mail["X-Mailowl-Result"])
         assert result.split(";")[0] in ("unknown", "ignored", "clean") and "support-id=mo-" in result
+        assert result.partition("support-id=")[2] in [m["support_ids"][-1] for m in mails.values()]
+        if extra:  # relayed by Postfix after its milter, mailowl, let it through
+            assert "by postfix.demo (Postfix)" in str(delivered_mail["Received"])
     # the verdict log has a line for every decision, deferred ones included
     log = (tmp_path / "demo" / "verdicts.log").read_text()
     for mail in mails.values():
@@ -80,9 +102,19 @@ def test_demo_mails_end_as_narrated(tmp_path: Path) -> None:
     assert log.count('action="Rejected"') == 5 and log.count('action="Deferred"') >= 6
     # everything went under the one directory; the run took no longer than the wall clock says it did
     assert {p.name for p in (tmp_path / "demo").iterdir()} == {"Maildir", "data", "demo.json", "ruleset.toml",
-                                                              "verdicts.log", "yara"}
+                                                              "verdicts.log", "yara", *(["postfix"] if extra else [])}
+    assert {p.name for p in tmp_path.iterdir()} == {"demo"}
     assert 0 < story["seconds"] <= wall and f"Done in {story['seconds']:.1f} s" in out
     assert "Where to look" in out and story["web"] in out
+
+
+def test_postfix_that_cannot_reach_the_folder_is_refused_with_the_reason(tmp_path: Path) -> None:
+    hidden = Path(tempfile.mkdtemp(prefix="mailowl-demo-test-"))  # 0700: Postfix's daemons cannot enter
+    try:
+        done, _ = run_demo(hidden / "inner" / "demo", "--postfix")
+        assert done.returncode == 2 and "cannot enter" in done.stderr and "Traceback" not in done.stderr
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
 
 
 def test_the_generated_word_document_carries_an_autoopen_macro() -> None:

@@ -278,10 +278,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
     import tempfile
 
-    from mailowl.demo.run import run
+    from mailowl.demo.run import DemoError, run
 
     directory = args.dir or Path(tempfile.mkdtemp(prefix="mailowl-demo-"))
-    outcomes = asyncio.run(run(directory.resolve(), once=args.once, token=args.token, port=args.port))
+    try:
+        outcomes = asyncio.run(run(directory.resolve(), once=args.once, token=args.token, port=args.port,
+                                   postfix=args.postfix))
+    except DemoError as exc:
+        print(f"mailowl: {exc}", file=sys.stderr)
+        return 2
     # every mail ended as the story says it should
     return 0 if outcomes and all((o.state == "delivered") == (o.expect == "delivered") for o in outcomes) else 1
 
@@ -345,6 +350,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--once", action="store_true", help="exit after the story instead of serving the web interface")
     s.add_argument("--token", default="", help="require this token for the web interface")
     s.add_argument("--port", type=int, default=8100, help="web interface port if free (default 8100, else any)")
+    s.add_argument("--postfix", action="store_true", help="send through a private Postfix with mailowl's milter "
+                   "(needs Postfix and root)")
     s.set_defaults(func=cmd_demo)
     db = sub.add_parser("db", help="store maintenance").add_subparsers(dest="db_command", required=True)
     s = db.add_parser("purge", help="delete finished jobs older than a given age")
