@@ -202,6 +202,8 @@ async def test_sqlite_answers_each_page_from_an_index(tmp_path: Path) -> None:
         for step in plan.split(" | "):
             if step in ("SCAN jobs", "SCAN messages"):
                 assert "ORDER BY jobs.id DESC" in sql and "LIMIT" in sql, (sql, plan)
+            if "messages.created_at <" in sql:  # a page after a cursor starts at the cursor
+                assert "SEARCH messages USING INDEX ix_messages_created (created_at<?)" in plan, (sql, plan)
     joined = " ".join(plans.values())
     for index in ("ix_jobs_sha256", "ix_messages_from", "ix_messages_created", "ix_jobs_created"):
         assert index in joined, (index, plans)

@@ -221,8 +221,10 @@ async def _message_page(engine: AsyncEngine, where: list[ColumnElement[bool]], l
         # MariaDB and SQLite keep naive timestamps: compare with what they hold
         if engine.dialect.name != "postgresql":
             when = when.replace(tzinfo=None)
-        where = [*where, or_(messages.c.created_at < when,
-                             and_(messages.c.created_at == when, messages.c.support_id < support_id))]
+        # the plain bound lets the database start the index range at the cursor; the OR settles the ties
+        where = [*where, messages.c.created_at <= when,
+                 or_(messages.c.created_at < when,
+                     and_(messages.c.created_at == when, messages.c.support_id < support_id))]
     stmt = (select(messages).where(*where).order_by(messages.c.created_at.desc(), messages.c.support_id.desc())
             .limit(limit + 1))
     async with engine.connect() as conn:
