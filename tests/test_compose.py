@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -562,16 +563,15 @@ def test_entrypoints_are_valid_shell() -> None:
         subprocess.run(["sh", "-n", str(path)], check=True)
 
 
-def mailowl_environ(tmp_path: Path, service: str) -> dict[str, str]:
+def mailowl_environ(env: dict[str, str], service: str) -> dict[str, str]:
     """What a mailowl container's process sees: the image's ENV, then compose.yaml's environment."""
-    env = generated_env(tmp_path)
     svc = interpolate(raw()["services"][service], env)
     return {**image_env(), **svc["environment"]}
 
 
 @pytest.mark.parametrize("service", ["mailowl", "mailowl-quick"])
 def test_mailowl_reads_its_settings_as_compose_gives_them(service: str, tmp_path: Path) -> None:
-    environ = mailowl_environ(tmp_path, service)
+    environ = mailowl_environ(generated_env(tmp_path), service)
     # mailowl refuses MAILOWL_* variables that are not settings: load_config raises on any
     config = load_config(COMPOSE / "mailowl/mailowl.toml", {**environ, "MAILOWL_CONFIG": ""})
     assert config.server.listen == "0.0.0.0:8100"
@@ -747,3 +747,154 @@ def test_docs_describe_every_service_and_profile() -> None:
     for step in ("./generate-env", "docker compose up", "451 4.7.1", "554 5.7.1", "cat.png.bat"):
         assert step in docs, step
     assert "(compose.md)" in (ROOT / "docs/deployment.md").read_text()
+
+
+# --- the walk-through of docs/compose.md, with the mounted configurations, in a network namespace ------
+#
+# No container runs here, but every program of the mail path does: the sending and receiving Postfix
+# with compose.yaml's main.cf and master.cf, Debian's rspamd with the mounted snippets and mailowl's
+# plugin, and mailowl with the mounted mailowl.toml and the environment compose.yaml gives it. They run
+# in a network namespace of their own whose /etc/hosts maps the service names to loopback addresses, as
+# Compose's DNS does. What differs from the containers is moved only where a container's file system
+# would be: queue, data and mailbox folders, mailowl's store (SQLite: MariaDB is not in the namespace),
+# and rspamd's URL for mailowl, whose own resolver needs a DNS server that the namespace lacks.
+
+ADDRESSES = {"postfix-rx": "127.0.0.2", "rspamd": "127.0.0.3", "mailowl": "127.0.0.4"}
+
+
+class Namespace:
+    def __init__(self, root: Path) -> None:
+        self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private",
+                                        "sleep", "900"])
+        self.prefix = ["nsenter", "-t", str(self.holder.pid), "-n", "-m"]
+        hosts = root / "hosts"
+        hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in ADDRESSES.items()))
+        hosts.chmod(0o644)
+        for _ in range(50):  # until unshare has made the namespaces and exec'd sleep
+            if os.readlink(f"/proc/{self.holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"):
+                break
+            subprocess.run(["sleep", "0.05"])
+        self.run("ip", "link", "set", "lo", "up")
+        for address in ADDRESSES.values():
+            self.run("ip", "addr", "add", f"{address}/32", "dev", "lo")
+        self.run("mount", "--bind", str(hosts), "/etc/hosts")
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.prefix, *args], check=True, capture_output=True, text=True, timeout=120)
+
+    def start(self, args: list[str], out: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with out.open("wb") as handle:  # nsenter execs the program: the Popen is the program itself
+            return subprocess.Popen([*self.prefix, *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
+
+    def wait_port(self, address: str, port: int, timeout: float) -> None:
+        for _ in range(int(timeout * 5)):
+            probe = subprocess.run([*self.prefix, "bash", "-c", f"exec 3<>/dev/tcp/{address}/{port}"],
+                                   capture_output=True)
+            if probe.returncode == 0:
+                return
+            subprocess.run(["sleep", "0.2"])
+        pytest.fail(f"nothing listens on {address}:{port}")
+
+    def stop(self) -> None:
+        self.holder.kill()
+        self.holder.wait()
+
+
+def wait_for(path: Path, pattern: str, timeout: float = 60) -> str:
+    for _ in range(int(timeout * 5)):
+        text = path.read_text(errors="replace") if path.exists() else ""
+        found = re.search(pattern, text)
+        if found:
+            return found[0]
+        subprocess.run(["sleep", "0.2"])
+    pytest.fail(f"{pattern!r} not in {path}:\n{path.read_text(errors='replace')[-3000:] if path.exists() else ''}")
+
+
+def showcase_postfix(ns: Namespace, root: Path, which: str) -> Path:
+    etc = private_postfix(root, which)
+    mail = root / which / "mail"
+    mail.mkdir()
+    shutil.chown(mail, 65534, 65534)
+    moved = [f"maillog_file = {root / which / 'maillog'}", f"maillog_file_prefixes = {root}",
+             f"virtual_mailbox_base = {mail}"]
+    # both share the namespace's port 25: rx on its service's address; tx on 127.0.0.1, which is all its
+    # container's loopback-only means (here the loopback interface holds the other services' addresses too)
+    moved.append(f"inet_interfaces = {ADDRESSES['postfix-rx'] if which == 'rx' else '127.0.0.1'}")
+    subprocess.run(["postconf", "-c", str(etc), "-e", *moved], check=True)
+    ns.run("postfix", "-c", str(etc), "start")
+    return etc
+
+
+def test_walk_through_451_then_554_with_the_mounted_configurations() -> None:
+    root = Path(tempfile.mkdtemp(prefix="mailowl-compose-"))
+    root.chmod(0o755)  # Postfix's and rspamd's unprivileged users work in here
+    env = generated_env(root)
+    ns = Namespace(root)
+    procs: list[subprocess.Popen[bytes]] = []
+    etcs: list[Path] = []
+    try:
+        # mailowl as compose.yaml starts mailowl-quick, with its data folder and store moved
+        environ = {**mailowl_environ(env, "mailowl-quick"), "MAILOWL_CONFIG": str(COMPOSE / "mailowl/mailowl.toml"),
+                   "MAILOWL_SERVER_DATA_DIR": str(root / "data"), "MAILOWL_LOG_TARGET": f"file:{root / 'verdicts.log'}",
+                   "PATH": os.environ["PATH"]}
+        del environ["MAILOWL_STORE_URL"]
+        procs.append(ns.start([sys.executable, "-m", "mailowl.cli", "serve"], root / "mailowl.out", environ))
+        # rspamd with Debian's configuration and the mounted files; the token as its entrypoint writes it
+        etc = rspamd_etc(root, env["REST_TOKEN"])
+        conf = etc / "local.d/mailowl.conf"
+        conf.write_text(conf.read_text().replace("http://mailowl:8100", f"http://{ADDRESSES['mailowl']}:8100"))
+        for sub in ("run", "db", "log"):
+            (root / f"rspamd-{sub}").mkdir()
+            shutil.chown(root / f"rspamd-{sub}", "_rspamd", "_rspamd")
+        procs.append(ns.start(["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd", "-c", str(etc / "rspamd.conf"),
+                               f"--var=CONFDIR={etc}", f"--var=LOCAL_CONFDIR={etc}", f"--var=RUNDIR={root / 'rspamd-run'}",
+                               f"--var=DBDIR={root / 'rspamd-db'}", f"--var=LOGDIR={root / 'rspamd-log'}"],
+                              root / "rspamd.out"))
+        ns.wait_port(ADDRESSES["mailowl"], 8100, 60)
+        ns.wait_port(ADDRESSES["rspamd"], 11332, 120)  # a cold start compiles the public-suffix list
+        etcs.append(showcase_postfix(ns, root, "rx"))
+        ns.wait_port(ADDRESSES["postfix-rx"], 25, 30)
+        etcs.append(showcase_postfix(ns, root, "tx"))
+        ns.wait_port("127.0.0.1", 25, 30)
+        tx_log = root / "tx" / "maillog"
+
+        def send(name: str) -> str:
+            sent = ns.run("swaks", "--server", "127.0.0.1", "--from", "alice@sender.test", "--to", "bob@showcase.test",
+                          "--attach-name", name, "--attach", f"@{COMPOSE / 'samples' / name}")
+            queued = re.search(r"queued as ([0-9A-F]+)", sent.stdout)
+            assert queued, sent.stdout
+            return queued[1]
+
+        bat = send("cat.png.bat")
+        wait_for(tx_log, rf"{bat}: to=<bob@showcase.test>, relay=postfix-rx\[127.0.0.2\]:25.*status=deferred "
+                 r"\(host postfix-rx\[127.0.0.2\] said: 451 4.7.1 Attachment analysis in progress, try again later "
+                 r"\(support-id: mo-[0-9a-f]+\)")
+        pdf = send("report.pdf")
+        wait_for(tx_log, rf"{pdf}: to=<bob@showcase.test>.*status=deferred .* 451 4.7.1")
+        ns.run("postqueue", "-c", str(etcs[1]), "-f")  # the retry, without waiting 90 s
+        wait_for(tx_log, rf"{bat}: to=<bob@showcase.test>.*status=bounced \(host postfix-rx\[127.0.0.2\] said: "
+                 r"554 5.7.1 Message rejected: it carries a malicious attachment \(support-id: mo-[0-9a-f]+\)")
+        wait_for(tx_log, rf"{pdf}: to=<bob@showcase.test>.*status=sent")
+        # the bounce reaches Alice's mailbox on tx, the PDF Bob's on rx with mailowl's header
+        wait_for(root / "tx/mail/inbox", r"554 5.7.1 Message rejected")
+        wait_for(root / "rx/mail/inbox", r"X-Mailowl-Result: \w+; support-id=mo-[0-9a-f]+")
+        rspamd_log = (root / "rspamd.out").read_text()
+        assert "MAILOWL_IN_PROCESS(0.00){cat.png.bat:pending;" in rspamd_log
+        assert "MAILOWL_BAD(0.00){cat.png.bat:bad;" in rspamd_log
+        # the verdict log logship follows: one KLMS line per decision, each one `logs parse` reads
+        log = wait_for(root / "verdicts.log", r"(?s).*infected: .*cat\.png\.bat.*")
+        parsed = subprocess.run([sys.executable, "-m", "mailowl.cli", "logs", "parse", str(root / "verdicts.log")],
+                                check=True, capture_output=True, text=True).stdout.splitlines()
+        assert log and parsed and not any("_grokparsefailure" in line for line in parsed)
+    finally:
+        for etc in etcs:
+            subprocess.run([*ns.prefix, "postfix", "-c", str(etc), "stop"], capture_output=True)
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        ns.stop()
+        shutil.rmtree(root, ignore_errors=True)
