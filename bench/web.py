@@ -65,6 +65,8 @@ def fill(path: Path, jobs: int, messages: int, now: datetime) -> dict[str, str]:
                                   "result": "good", "reason": "fine", "size": 10}])))
         if i == messages // 2:
             picked["support_id"] = support_id
+            micros = (datetime.fromisoformat(when).replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC))
+            picked["cursor"] = f"{micros // timedelta(microseconds=1)}.{support_id}"
     db.executemany("INSERT INTO messages (support_id, created_at, ingress, mail_from, rcpt_to, action, reply, parts) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     db.commit()
@@ -79,7 +81,7 @@ async def measure(url: str, runs: int, picked: dict[str, str], jobs: int) -> dic
         app = create_ui(lambda: store.engine, lambda: 0)
         pages = {
             "dashboard (24h)": "/ui/", "dashboard (7d)": "/ui/?span=7d", "messages, first page": "/ui/messages",
-            "messages, deep page": "/ui/messages?before=1000000000000000.mo-000000020000",
+            "messages, deep page": f"/ui/messages?before={picked['cursor']}",
             "jobs, first page": "/ui/jobs", "jobs, deep page": f"/ui/jobs?before={jobs // 10}",
             "job by id": f"/ui/jobs/{jobs // 2}", "job by sha256": f"/ui/jobs/{picked['sha256']}",
             "message by support id": f"/ui/messages/{picked['support_id']}",
