@@ -759,6 +759,7 @@ def test_docs_describe_every_service_and_profile() -> None:
 # would be: queue, data and mailbox folders, mailowl's store (SQLite: MariaDB is not in the namespace),
 # and rspamd's URL for mailowl, whose own resolver needs a DNS server that the namespace lacks.
 
+# cortex: its stand-in binds 127.0.0.1
 ADDRESSES = {"postfix-rx": "127.0.0.2", "rspamd": "127.0.0.3", "mailowl": "127.0.0.4"}
 
 
@@ -768,7 +769,7 @@ class Namespace:
                                         "sleep", "900"])
         self.prefix = ["nsenter", "-t", str(self.holder.pid), "-n", "-m"]
         hosts = root / "hosts"
-        hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in ADDRESSES.items()))
+        hosts.write_text("127.0.0.1 localhost cortex\n" + "".join(f"{a} {n}\n" for n, a in ADDRESSES.items()))
         hosts.chmod(0o644)
         for _ in range(50):  # until unshare has made the namespaces and exec'd sleep
             if os.readlink(f"/proc/{self.holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"):
@@ -825,7 +826,53 @@ def showcase_postfix(ns: Namespace, root: Path, which: str) -> Path:
     return etc
 
 
-def test_walk_through_451_then_554_with_the_mounted_configurations() -> None:
+# the Cortex stand-in of the other tests (tests/cortex_server.py), as a process inside the namespace:
+# FileInfo reports "info" after a second, so the ruleset goes on to its other expressions
+CORTEX = ("import time; from tests.cortex_server import CortexStandIn; "
+          "s = CortexStandIn(delay=1.0).start(); print(s.port, s.token, flush=True); time.sleep(900)")
+
+
+def start_mailowl(ns: Namespace, root: Path, env: dict[str, str], variant: str) -> list[subprocess.Popen[bytes]]:
+    """mailowl as compose.yaml starts the variant: its environment and command, container paths mapped to
+    the checkout's files, the data folder and store moved; for `mailowl`, Cortex's stand-in and the
+    analyzers.conf cortex-setup would write."""
+    environ = {**mailowl_environ(env, variant), "MAILOWL_CONFIG": str(COMPOSE / "mailowl/mailowl.toml"),
+               "MAILOWL_SERVER_DATA_DIR": str(root / "data"), "MAILOWL_LOG_TARGET": f"file:{root / 'verdicts.log'}",
+               "PATH": os.environ["PATH"]}
+    del environ["MAILOWL_STORE_URL"]
+    command = list(raw()["services"][variant].get("command", ["serve"]))
+    procs = []
+    if "--analyzers" in command:
+        cortex = subprocess.Popen([*ns.prefix, sys.executable, "-c", CORTEX], stdout=subprocess.PIPE,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})  # nsenter -m leaves no cwd
+        procs.append(cortex)
+        assert cortex.stdout
+        port, token = cortex.stdout.readline().decode().split()
+        analyzers = root / "analyzers.conf"
+        analyzers.write_text(load_module("cortex_setup").analyzers_conf(f"http://cortex:{port}", token,
+                                                                         env["CORTEX_TLP"]))
+        command[command.index("--analyzers") + 1] = str(analyzers)
+        ruleset = command.index("--ruleset") + 1
+        command[ruleset] = str(COMPOSE / "mailowl" / Path(command[ruleset]).name)
+    procs.append(ns.start([sys.executable, "-m", "mailowl.cli", *command], root / "mailowl.out", environ))
+    return procs
+
+
+def start_rspamd(ns: Namespace, root: Path, token: str) -> subprocess.Popen[bytes]:
+    """Debian's configuration with the mounted files, and the token as the image's entrypoint writes it."""
+    etc = rspamd_etc(root, token)
+    conf = etc / "local.d/mailowl.conf"
+    conf.write_text(conf.read_text().replace("http://mailowl:8100", f"http://{ADDRESSES['mailowl']}:8100"))
+    for sub in ("run", "db", "log"):
+        (root / f"rspamd-{sub}").mkdir()
+        shutil.chown(root / f"rspamd-{sub}", "_rspamd", "_rspamd")
+    return ns.start(["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd", "-c", str(etc / "rspamd.conf"),
+                     f"--var=CONFDIR={etc}", f"--var=LOCAL_CONFDIR={etc}", f"--var=RUNDIR={root / 'rspamd-run'}",
+                     f"--var=DBDIR={root / 'rspamd-db'}", f"--var=LOGDIR={root / 'rspamd-log'}"], root / "rspamd.out")
+
+
+@pytest.mark.parametrize("variant", ["mailowl-quick", "mailowl"])
+def test_walk_through_451_then_554_with_the_mounted_configurations(variant: str) -> None:
     root = Path(tempfile.mkdtemp(prefix="mailowl-compose-"))
     root.chmod(0o755)  # Postfix's and rspamd's unprivileged users work in here
     env = generated_env(root)
@@ -833,23 +880,8 @@ def test_walk_through_451_then_554_with_the_mounted_configurations() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     etcs: list[Path] = []
     try:
-        # mailowl as compose.yaml starts mailowl-quick, with its data folder and store moved
-        environ = {**mailowl_environ(env, "mailowl-quick"), "MAILOWL_CONFIG": str(COMPOSE / "mailowl/mailowl.toml"),
-                   "MAILOWL_SERVER_DATA_DIR": str(root / "data"), "MAILOWL_LOG_TARGET": f"file:{root / 'verdicts.log'}",
-                   "PATH": os.environ["PATH"]}
-        del environ["MAILOWL_STORE_URL"]
-        procs.append(ns.start([sys.executable, "-m", "mailowl.cli", "serve"], root / "mailowl.out", environ))
-        # rspamd with Debian's configuration and the mounted files; the token as its entrypoint writes it
-        etc = rspamd_etc(root, env["REST_TOKEN"])
-        conf = etc / "local.d/mailowl.conf"
-        conf.write_text(conf.read_text().replace("http://mailowl:8100", f"http://{ADDRESSES['mailowl']}:8100"))
-        for sub in ("run", "db", "log"):
-            (root / f"rspamd-{sub}").mkdir()
-            shutil.chown(root / f"rspamd-{sub}", "_rspamd", "_rspamd")
-        procs.append(ns.start(["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd", "-c", str(etc / "rspamd.conf"),
-                               f"--var=CONFDIR={etc}", f"--var=LOCAL_CONFDIR={etc}", f"--var=RUNDIR={root / 'rspamd-run'}",
-                               f"--var=DBDIR={root / 'rspamd-db'}", f"--var=LOGDIR={root / 'rspamd-log'}"],
-                              root / "rspamd.out"))
+        procs += start_mailowl(ns, root, env, variant)
+        procs.append(start_rspamd(ns, root, env["REST_TOKEN"]))
         ns.wait_port(ADDRESSES["mailowl"], 8100, 60)
         ns.wait_port(ADDRESSES["rspamd"], 11332, 120)  # a cold start compiles the public-suffix list
         etcs.append(showcase_postfix(ns, root, "rx"))
@@ -865,22 +897,37 @@ def test_walk_through_451_then_554_with_the_mounted_configurations() -> None:
             assert queued, sent.stdout
             return queued[1]
 
+        def retry_until(pattern: str) -> None:
+            """The sending Postfix's retries, every 2 s instead of 90 s, until the pattern is logged."""
+            for _ in range(30):
+                ns.run("postqueue", "-c", str(etcs[1]), "-f")
+                subprocess.run(["sleep", "2"])
+                if re.search(pattern, tx_log.read_text(errors="replace")):
+                    return
+            pytest.fail(f"{pattern!r} not in {tx_log}:\n{tx_log.read_text(errors='replace')[-3000:]}")
+
         bat = send("cat.png.bat")
         wait_for(tx_log, rf"{bat}: to=<bob@showcase.test>, relay=postfix-rx\[127.0.0.2\]:25.*status=deferred "
                  r"\(host postfix-rx\[127.0.0.2\] said: 451 4.7.1 Attachment analysis in progress, try again later "
                  r"\(support-id: mo-[0-9a-f]+\)")
         pdf = send("report.pdf")
         wait_for(tx_log, rf"{pdf}: to=<bob@showcase.test>.*status=deferred .* 451 4.7.1")
-        ns.run("postqueue", "-c", str(etcs[1]), "-f")  # the retry, without waiting 90 s
-        wait_for(tx_log, rf"{bat}: to=<bob@showcase.test>.*status=bounced \(host postfix-rx\[127.0.0.2\] said: "
-                 r"554 5.7.1 Message rejected: it carries a malicious attachment \(support-id: mo-[0-9a-f]+\)")
-        wait_for(tx_log, rf"{pdf}: to=<bob@showcase.test>.*status=sent")
+        retry_until(rf"{bat}: to=<bob@showcase.test>.*status=bounced \(host postfix-rx\[127.0.0.2\] said: "
+                    r"554 5.7.1 Message rejected: it carries a malicious attachment \(support-id: mo-[0-9a-f]+\)")
+        retry_until(rf"{pdf}: to=<bob@showcase.test>.*status=sent")
         # the bounce reaches Alice's mailbox on tx, the PDF Bob's on rx with mailowl's header
         wait_for(root / "tx/mail/inbox", r"554 5.7.1 Message rejected")
         wait_for(root / "rx/mail/inbox", r"X-Mailowl-Result: \w+; support-id=mo-[0-9a-f]+")
         rspamd_log = (root / "rspamd.out").read_text()
         assert "MAILOWL_IN_PROCESS(0.00){cat.png.bat:pending;" in rspamd_log
         assert "MAILOWL_BAD(0.00){cat.png.bat:bad;" in rspamd_log
+        # with Cortex, both samples went to FileInfo (mailowl's metrics count the reports)
+        metrics = ns.run(sys.executable, "-c", "import sys, urllib.request; print(urllib.request.urlopen("
+                         "urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2]})"
+                         ").read().decode())", f"http://{ADDRESSES['mailowl']}:8100/metrics", env["REST_TOKEN"]).stdout
+        reports = re.search(r'^mailowl_backend_seconds_count\{analyser="cortexreport",backend="FileInfo_8_0"\} (\S+)',
+                            metrics, re.M)
+        assert (float(reports[1]) if reports else 0) == (2 if variant == "mailowl" else 0), metrics[-2000:]
         # the verdict log logship follows: one KLMS line per decision, each one `logs parse` reads
         log = wait_for(root / "verdicts.log", r"(?s).*infected: .*cat\.png\.bat.*")
         parsed = subprocess.run([sys.executable, "-m", "mailowl.cli", "logs", "parse", str(root / "verdicts.log")],
