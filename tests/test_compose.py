@@ -279,6 +279,12 @@ def test_dependencies_start_in_the_same_profiles_and_are_health_checked(profiles
                 assert services[target].get("restart") == "no", f"{target} is not a job"
             shared = service_networks(svc).keys() & service_networks(services[target]).keys()
             assert shared, f"{name} and {target} share no network"
+    # every job is awaited by a service that runs on: `docker compose up --wait` takes a job that exited
+    # for a failure, even with status 0, unless such a service depends on it (docker/compose#10596)
+    for name, svc in services.items():
+        if svc.get("restart") == "no":
+            assert any(depends(other).get(name) == "service_completed_successfully"
+                       and other.get("restart") != "no" for other in services.values()), f"nothing awaits {name}"
     # no cycles: a topological order exists
     order: list[str] = []
     pending = dict(services)
@@ -747,6 +753,12 @@ def test_docs_describe_every_service_and_profile() -> None:
     for step in ("./generate-env", "docker compose up", "451 4.7.1", "554 5.7.1", "cat.png.bat"):
         assert step in docs, step
     assert "(compose.md)" in (ROOT / "docs/deployment.md").read_text()
+    # deploy/compose/README.md: its links resolve, and it shows the same commands
+    readme = (COMPOSE / "README.md").read_text()
+    for link in re.findall(r"\]\(([^)#]+)\)", readme):
+        assert (COMPOSE / link).exists(), link
+    for step in ("./generate-env", "docker compose up -d --wait", "--attach @/samples/cat.png.bat"):
+        assert step in readme and step in docs, step
 
 
 # --- the walk-through of docs/compose.md, with the mounted configurations, in a network namespace ------
