@@ -1,15 +1,13 @@
 """indexes for the web interface's searches: jobs by sha256, messages by sender
 
 Revision ID: 0007
-Revises: 0006 (0005 until 0006 exists)
+Revises: 0006
 """
-from pathlib import Path
 
 from alembic import op
 
 revision = "0007"
-# 0006 is being written alongside this one; whichever lands first, the chain stays linear
-down_revision = "0006" if any(Path(__file__).parent.glob("0006_*.py")) else "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
