@@ -267,3 +267,42 @@ async def test_sqlite_checkpoints_happen_off_the_event_loop_and_keep_the_wal_sma
 
     with sqlite3.connect(tmp_path / "store.db") as db:
         assert db.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0] == 4000
+
+
+async def test_sqlite_writer_waits_for_another_writers_lock_without_stalling_the_event_loop(tmp_path: Path) -> None:
+    """Another connection (a parked sample's row, `db purge` in another process) holds SQLite's write lock.
+    The group commit must wait for it off the event loop: requests keep being served meanwhile, and the
+    job is committed once the lock is released."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "store.db"
+    store = Store(f"sqlite+aiosqlite:///{path}")
+    await store.open()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        holding.set()
+        release.wait(60)
+        db.execute("COMMIT")
+        db.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(holding.wait, 30)
+        job = store.add_job(Sample(b"waits for the lock").facts())
+        ticks = 0
+        for _ in range(20):  # with the loop blocked inside BEGIN IMMEDIATE, not one of these would run
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert ticks == 20 and job.id == 0  # the loop ran; the row waits for the lock
+        release.set()
+        await asyncio.wait_for(store.committed(job), 30)
+        assert job.id > 0 and await store.get_job(job.id) is not None
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 60)
+        await store.close()

@@ -46,6 +46,8 @@ _FACT_COLUMNS = ("identity", "sha256", "sha1", "md5", "size", "filename", "type_
 
 
 _GATHER_TURNS = 4
+#: seconds the writer tries to get SQLite's write lock before the commit fails
+_SQLITE_LOCK_WAIT = 30.0
 
 
 class StoreError(RuntimeError):
@@ -131,6 +133,7 @@ class Store:
                 self._sqlite = sqlite3.connect(url.database or ":memory:", timeout=30, isolation_level=None,
                                                check_same_thread=False)
                 pragmas(self._sqlite, None)
+                self._sqlite.execute("PRAGMA busy_timeout=0")  # see _begin_sqlite
                 if url.database and url.database != ":memory:":
                     self._checkpoints = Checkpoints(url.database, self._sqlite)
         except Exception as exc:
@@ -316,6 +319,8 @@ class Store:
         message_rows = [_message_row(m) for m in msgs]
         new_rows = [_row(job, self.run) for job in inserts]
         update_rows = [{**_row(job, None), "b_id": job_id} for job_id, job in updates.items()]
+        if self._sqlite is not None:
+            await self._begin_sqlite(self._sqlite)
         if self._sqlite is not None and self.sqlite_synchronous == "NORMAL":
             # a WAL commit without fsync takes well under a millisecond: done right here, it beats any thread
             # hand-off, which waits for the GIL behind the analysis threads
@@ -330,6 +335,22 @@ class Store:
         for job, job_id in zip(inserts, ids, strict=True):
             job.id, job._commit = job_id, None
             self._jobs.put(job_id, job)
+
+    async def _begin_sqlite(self, db: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE without waiting on the event loop: the writer's connection has no busy timeout, so
+        while another connection (a parked sample's row, `db purge`) holds the write lock the loop keeps
+        serving and the writer tries again a moment later."""
+        deadline = asyncio.get_running_loop().time() + _SQLITE_LOCK_WAIT
+        pause = 0.001
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     # verdict cache --------------------------------------------------------------------------------------
     def _cutoff(self) -> datetime | None:
@@ -501,7 +522,7 @@ def _values(processors: dict[str, Callable[[Any], Any]], row: dict[str, Any], co
 
 def _write_sqlite(db: sqlite3.Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
                   update_rows: list[dict[str, Any]]) -> list[int]:
-    db.execute("BEGIN IMMEDIATE")
+    """The group commit's statements and COMMIT, in the transaction ``Store._begin_sqlite`` opened."""
     try:
         ids = _insert_sqlite(db, new_rows) if new_rows else []
         if message_rows:
