@@ -212,7 +212,9 @@ local function check_message(task)
     apply_decision(task, decision)
   end
 
-  rspamd_http.request({
+  -- false: the request never started (e.g. the name does not resolve) and the callback will not run;
+  -- the mail must not pass unchecked
+  local started = rspamd_http.request({
     task = task,
     url = url,
     method = 'POST',
@@ -222,6 +224,9 @@ local function check_message(task)
     keepalive = settings.keepalive,
     callback = callback,
   })
+  if not started then
+    unreachable(task, 'the request to ' .. settings.url .. ' could not be started')
+  end
 end
 
 -- mode = "parts": every attachment through the PeekabooAV v1 API ------------------------------------------
@@ -287,8 +292,13 @@ local function check_parts(task)
     end
   end
 
+  local function not_started(what)
+    failed_to_ask = failed_to_ask or ('the request to ' .. what .. ' could not be started')
+    done_one()
+  end
+
   local function poll(entry, left)
-    rspamd_http.request({
+    local started = rspamd_http.request({
       task = task,
       url = string.format('%s/v1/report/%s', settings.url, entry.job),
       headers = base_headers(),
@@ -314,6 +324,9 @@ local function check_parts(task)
         done_one()
       end,
     })
+    if not started then
+      not_started(settings.url .. '/v1/report')
+    end
   end
 
   for _, part in ipairs(parts) do
@@ -333,7 +346,7 @@ local function check_parts(task)
     hdrs['X-Content-Disposition'] = part:is_attachment() and 'attachment' or 'inline'
     local entry = {name = name, result = 'pending'}
     table.insert(results, entry)
-    rspamd_http.request({
+    local started = rspamd_http.request({
       task = task,
       url = settings.url .. '/v1/scan',
       method = 'POST',
@@ -351,6 +364,9 @@ local function check_parts(task)
         done_one()
       end,
     })
+    if not started then
+      not_started(settings.url .. '/v1/scan')
+    end
   end
 end
 
