@@ -306,3 +306,77 @@ async def test_sqlite_writer_waits_for_another_writers_lock_without_stalling_the
         release.set()
         await asyncio.to_thread(holder.join, 60)
         await store.close()
+
+
+async def test_search_by_sha256_finds_cached_repeats_without_a_samples_row_for_them(store_url: str) -> None:
+    """The samples table gets a row when an identity is analysed, none for a job the verdict cache answered at
+    the first rule; the search by hash still lists both, through the identity. Purge drops rows of identities
+    whose jobs are all gone."""
+    from sqlalchemy import func, select
+
+    from mailowl.store import browse
+    from mailowl.store.models import samples
+
+    clock = [datetime.now(UTC) - timedelta(days=2)]
+    store = Store(store_url, clock=lambda: clock[0])
+    await store.open()
+    try:
+        assert store.engine is not None
+        data = b"the same bytes under two names"
+        analysed = await store.new_job(Sample(data, "a.bin").facts())
+        finish(store, analysed, Result.bad)
+        other_name = await store.new_job(Sample(data, "b.bin").facts())
+        finish(store, other_name, Result.bad)
+        cached = store.add_job(Sample(data, "a.bin").facts())
+        cached.finish(Result.bad, "known", [RuleResult("known", Result.bad, "known", False)], clock[0])
+        store.job_finished(cached)  # answered before its row is written, as the verdict cache does
+        await store.committed(cached)
+        await store.flush()
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(select(samples.c.sha256, samples.c.identity))).all()
+        sha256 = Sample(data).sha256
+        assert sorted(rows) == sorted({(sha256, analysed.identity), (sha256, other_name.identity)})
+        page = await browse.jobs_by_sha256(store.engine, sha256.upper())
+        assert [j.id for j in page.items] == [cached.id, other_name.id, analysed.id]
+        clock[0] = datetime.now(UTC)
+        assert await store.purge(86_400) == 3
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(samples))).scalar() == 0
+    finally:
+        await store.close()
+
+
+async def test_upgrade_from_0007_moves_the_search_by_hash_to_samples(store_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import inspect, select
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mailowl.store import browse
+    from mailowl.store.migrate import alembic_config
+    from mailowl.store.models import samples
+
+    engine = create_async_engine(store_url)
+    facts = [Sample(b"judged before the upgrade", name).facts() for name in ("old.bin", "old.bin", "new.bin")]
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0007"))
+            now = datetime.now(UTC)
+            for f in facts:
+                await conn.execute(jobs.insert().values(
+                    **{k: f[k] for k in ("identity", "sha256", "size", "filename")},
+                    state="done", result="bad", reason="judged by 0007", created_at=now, finished_at=now))
+    finally:
+        await engine.dispose()
+    store = Store(store_url)
+    await store.open()
+    try:
+        assert store.engine is not None
+        async with store.engine.connect() as conn:
+            indexes = await conn.run_sync(lambda c: {i["name"] for i in inspect(c).get_indexes("jobs")})
+            rows = (await conn.execute(select(samples.c.identity))).scalars().all()
+        assert "ix_jobs_sha256" not in indexes
+        assert sorted(rows) == sorted({f["identity"] for f in facts})
+        page = await browse.jobs_by_sha256(store.engine, facts[0]["sha256"])
+        assert len(page.items) == 3
+    finally:
+        await store.close()

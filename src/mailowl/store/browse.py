@@ -17,7 +17,7 @@ import orjson
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mailowl.store.models import jobs, messages
+from mailowl.store.models import jobs, messages, samples
 
 T = TypeVar("T")
 
@@ -178,7 +178,9 @@ async def latest_jobs(engine: AsyncEngine, limit: int = 50, before: str | None =
 
 async def jobs_by_sha256(engine: AsyncEngine, sha256: str, limit: int = 50,
                          before: str | None = None) -> Page[JobRow]:
-    return await _job_page(engine, [jobs.c.sha256 == sha256.lower()], limit, before)
+    # through the identities the hash was analysed under (ix_jobs_identity): jobs.sha256 has no index
+    identities = select(samples.c.identity).where(samples.c.sha256 == sha256.lower())
+    return await _job_page(engine, [jobs.c.identity.in_(identities)], limit, before)
 
 
 async def jobs_by_filename(engine: AsyncEngine, text: str, limit: int = 50,

@@ -47,8 +47,17 @@ jobs = Table(
     Column("facts", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")),
     Index("ix_jobs_identity", "identity"),
     Index("ix_jobs_created", "created_at"),
-    Index("ix_jobs_sha256", "sha256"),  # the web interface's search by hash (migration 0007)
     sqlite_autoincrement=True,
+)
+
+#: which identities a sha256 was analysed under, for the search by hash (store/browse.py): a row per analysed
+#: identity, none for the repeats the verdict cache answers, so a cached job costs no index entry here
+samples = Table(
+    "samples",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("identity", String(64), primary_key=True),
+    sqlite_with_rowid=False,
 )
 
 messages = Table(

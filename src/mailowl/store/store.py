@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, and_, bindparam, delete, event, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, event, exists, or_, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -36,7 +37,7 @@ from mailowl.store.checkpoint import Checkpoints
 from mailowl.store.jobs import DONE, PENDING, Job
 from mailowl.store.journal import JournalEntry, KnownReport, append_compact
 from mailowl.store.migrate import upgrade
-from mailowl.store.models import jobs, messages
+from mailowl.store.models import jobs, messages, samples
 from mailowl.store.parked import ParkedTable
 
 log = logging.getLogger(__name__)
@@ -318,19 +319,22 @@ class Store:
         assert self.engine is not None
         message_rows = [_message_row(m) for m in msgs]
         new_rows = [_row(job, self.run) for job in inserts]
+        sample_rows = [{"sha256": job.facts["sha256"], "identity": job.identity} for job in inserts
+                       if not _answered_by_cache(job)]
         update_rows = [{**_row(job, None), "b_id": job_id} for job_id, job in updates.items()]
         if self._sqlite is not None:
             await self._begin_sqlite(self._sqlite)
         if self._sqlite is not None and self.sqlite_synchronous == "NORMAL":
             # a WAL commit without fsync takes well under a millisecond: done right here, it beats any thread
             # hand-off, which waits for the GIL behind the analysis threads
-            ids = _write_sqlite(self._sqlite, new_rows, message_rows, update_rows)
+            ids = _write_sqlite(self._sqlite, new_rows, message_rows, update_rows, sample_rows)
         elif self._sqlite is not None:
             # fsync takes milliseconds: one thread hop for the whole transaction (aiosqlite hops per statement)
-            ids = await asyncio.to_thread(_write_sqlite, self._sqlite, new_rows, message_rows, update_rows)
+            ids = await asyncio.to_thread(_write_sqlite, self._sqlite, new_rows, message_rows, update_rows,
+                                        sample_rows)
         else:
             async with self.engine.begin() as conn:
-                ids = await conn.run_sync(_write_rows, new_rows, message_rows, update_rows)
+                ids = await conn.run_sync(_write_rows, new_rows, message_rows, update_rows, sample_rows)
         # committed: only now do the ids exist
         for job, job_id in zip(inserts, ids, strict=True):
             job.id, job._commit = job_id, None
@@ -438,6 +442,7 @@ class Store:
         async with self.engine.begin() as conn:
             result = await conn.execute(delete(jobs).where(jobs.c.created_at < cutoff, jobs.c.state == DONE))
             await conn.execute(delete(messages).where(messages.c.created_at < cutoff))
+            await conn.execute(delete(samples).where(~exists().where(jobs.c.identity == samples.c.identity)))
         self._journals.clear()
         await self._load_seen()
         for job_id in [j for j, job in self._jobs.items() if job.created_at < cutoff and job.finished]:
@@ -475,9 +480,11 @@ _UPDATE = (update(jobs).where(jobs.c.id == bindparam("b_id"))
 
 
 def _write_rows(conn: Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
-                update_rows: list[dict[str, Any]]) -> list[int]:
+                update_rows: list[dict[str, Any]], sample_rows: list[dict[str, Any]]) -> list[int]:
     """One group commit's statements; the new jobs' ids in the order of ``new_rows``."""
     ids = _insert(conn, new_rows) if new_rows else []
+    if sample_rows:
+        conn.execute(_insert_samples(conn.dialect.name), sample_rows)
     if message_rows:
         conn.execute(messages.insert(), message_rows)
     if update_rows:
@@ -521,10 +528,13 @@ def _values(processors: dict[str, Callable[[Any], Any]], row: dict[str, Any], co
 
 
 def _write_sqlite(db: sqlite3.Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
-                  update_rows: list[dict[str, Any]]) -> list[int]:
+                  update_rows: list[dict[str, Any]], sample_rows: list[dict[str, Any]]) -> list[int]:
     """The group commit's statements and COMMIT, in the transaction ``Store._begin_sqlite`` opened."""
     try:
         ids = _insert_sqlite(db, new_rows) if new_rows else []
+        if sample_rows:
+            db.executemany("INSERT OR IGNORE INTO samples (sha256, identity) VALUES (?, ?)",
+                           [(r["sha256"], r["identity"]) for r in sample_rows])
         if message_rows:
             db.executemany(_SQLITE_MESSAGE, [_values(_MESSAGE_PROCESSORS, r, _MESSAGE_COLUMNS) for r in message_rows])
         if update_rows:
@@ -559,6 +569,20 @@ def _insert_sqlite(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> list[i
         # before, so sorting puts the ids in row order, whatever order RETURNING uses
         ids += _check(sorted(db.execute(sql, params).fetchall()), chunk)
     return ids
+
+
+def _insert_samples(dialect: str) -> Any:
+    """INSERT that skips a (sha256, identity) already there: another job of the identity, or another instance."""
+    if dialect == "postgresql":
+        return postgresql.insert(samples).on_conflict_do_nothing()
+    if dialect in ("mysql", "mariadb"):
+        return samples.insert().prefix_with("IGNORE")
+    return sqlite_dialect.insert(samples).on_conflict_do_nothing()
+
+
+def _answered_by_cache(job: Job) -> bool:
+    """Finished by the verdict cache at the first rule: an earlier job of its identity wrote the samples row."""
+    return bool(job.rules) and job.rules[0].rule == "known" and not job.rules[0].further_analysis
 
 
 def _insert(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
