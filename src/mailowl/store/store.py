@@ -198,7 +198,7 @@ class Store:
     def job_finished(self, job: Job) -> None:
         _compact(job)
         if job.result is not None and job.result != Result.failed and job.finished_at is not None:
-            if self._seen is not None:
+            if self._seen is not None and not _answered_by_cache(job):  # a cached answer's identity is in already
                 self._seen.add(job.identity)
             journal = self._journals.get(job.identity)
             if journal is not None:
