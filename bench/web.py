@@ -54,6 +54,8 @@ def fill(path: Path, jobs: int, messages: int, now: datetime) -> dict[str, str]:
                 picked["sha256"] = sha
         db.executemany("INSERT INTO jobs (identity, sha256, size, filename, type_by_content, state, result, reason, "
                        "rule_results, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        # every job here is a new identity, so each is in the samples table (the search by hash reads it)
+        db.executemany("INSERT INTO samples (sha256, identity) VALUES (?, ?)", [(r[1], r[0]) for r in rows])
         db.commit()
     rows = []
     for i in range(messages):

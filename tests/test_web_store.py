@@ -146,22 +146,23 @@ async def test_migration_0007_adds_and_removes_its_indexes(store_url: str) -> No
         found = inspect(conn)
         return {t: {i["name"]: i["column_names"] for i in found.get_indexes(t)} for t in ("jobs", "messages")}
 
+    async def at(revision: str, downgrade: bool = False) -> dict[str, dict[str, list[str]]]:
+        move = command.downgrade if downgrade else command.upgrade
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: move(alembic_config(c), revision))
+            return await conn.run_sync(indexes)
+
     engine = create_async_engine(store_url)
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0005"))
-            before = await conn.run_sync(indexes)
+        before = await at("0006")
         assert "ix_jobs_sha256" not in before["jobs"] and "ix_messages_from" not in before["messages"]
-        store = Store(store_url)  # opening upgrades to the newest revision
-        await store.open()
-        await store.close()
-        async with engine.connect() as conn:
-            after = await conn.run_sync(indexes)
+        after = await at("0007")
         assert after["jobs"]["ix_jobs_sha256"] == ["sha256"]
         assert after["messages"]["ix_messages_from"] == ["mail_from", "created_at"]
-        async with engine.begin() as conn:
-            await conn.run_sync(lambda c: command.downgrade(alembic_config(c), "0005"))
-            again = await conn.run_sync(indexes)
+        # 0008 finds hashes through its samples table instead of ix_jobs_sha256; the sender index stays
+        head = await at("head")
+        assert "ix_jobs_sha256" not in head["jobs"] and head["messages"]["ix_messages_from"] == ["mail_from", "created_at"]
+        again = await at("0006", downgrade=True)
         assert "ix_jobs_sha256" not in again["jobs"] and "ix_messages_from" not in again["messages"]
     finally:
         await engine.dispose()
@@ -205,5 +206,32 @@ async def test_sqlite_answers_each_page_from_an_index(tmp_path: Path) -> None:
             if "messages.created_at <" in sql:  # a page after a cursor starts at the cursor
                 assert "SEARCH messages USING INDEX ix_messages_created (created_at<?)" in plan, (sql, plan)
     joined = " ".join(plans.values())
-    for index in ("ix_jobs_sha256", "ix_messages_from", "ix_messages_created", "ix_jobs_created"):
+    for index in ("ix_jobs_identity", "samples USING PRIMARY KEY", "ix_messages_from", "ix_messages_created",
+                  "ix_jobs_created"):
         assert index in joined, (index, plans)
+
+
+async def test_a_hash_under_many_names_is_found_whole(store_url: str) -> None:
+    """One identity at a time up to 20 names, one IN query beyond: the same jobs, newest first, in pages."""
+    store = Store(store_url)
+    await store.open()
+    try:
+        made = []
+        for count, content in ((3, b"three names"), (25, b"twenty-five names")):
+            ids = []
+            for i in range(count):
+                job = await store.new_job(Sample(content, f"name-{i}.bin").facts())
+                job.finish(Result.good, "fine", [RuleResult("final_rule", Result.good, "fine", True)], datetime.now(UTC))
+                store.job_finished(job)
+                ids.append(job.id)
+            made.append(ids)
+        await store.flush()
+        assert store.engine is not None
+        for ids, content in zip(made, (b"three names", b"twenty-five names"), strict=True):
+            for size in (1, 2, 7, 50):
+                pages = await _all_pages(lambda engine=store.engine, c=content, **kw:
+                                         browse.jobs_by_sha256(engine, Sample(c).sha256, **kw), size)
+                assert [j.id for p in pages for j in p] == ids[::-1], size
+                assert all(len(p) == size for p in pages[:-1])
+    finally:
+        await store.close()

@@ -25,6 +25,8 @@ T = TypeVar("T")
 WINDOW = 100_000
 #: how many of the newest finished jobs the dashboard's frequencies are counted over
 RECENT = 1000
+#: a hash analysed under at most this many identities is searched one identity at a time
+_PER_IDENTITY = 20
 
 
 @dataclass(frozen=True)
@@ -178,9 +180,20 @@ async def latest_jobs(engine: AsyncEngine, limit: int = 50, before: str | None =
 
 async def jobs_by_sha256(engine: AsyncEngine, sha256: str, limit: int = 50,
                          before: str | None = None) -> Page[JobRow]:
-    # through the identities the hash was analysed under (ix_jobs_identity): jobs.sha256 has no index
-    identities = select(samples.c.identity).where(samples.c.sha256 == sha256.lower())
-    return await _job_page(engine, [jobs.c.identity.in_(identities)], limit, before)
+    """Through the identities the hash was analysed under (samples), then ix_jobs_identity: jobs.sha256 has
+    no index. One identity's jobs leave that index in id order on SQLite and MariaDB (its entries end with
+    the primary key), so a page of each, merged here, needs no sort of all the jobs of a popular file; a
+    hash seen under very many names is read with one IN query instead, which sorts its jobs."""
+    async with engine.connect() as conn:
+        identities = [i for (i,) in await conn.execute(
+            select(samples.c.identity).where(samples.c.sha256 == sha256.lower()).limit(_PER_IDENTITY + 1))]
+    if len(identities) > _PER_IDENTITY:
+        names = select(samples.c.identity).where(samples.c.sha256 == sha256.lower())
+        return await _job_page(engine, [jobs.c.identity.in_(names)], limit, before)
+    pages = [await _job_page(engine, [jobs.c.identity == identity], limit, before) for identity in identities]
+    found = sorted((j for page in pages for j in page.items), key=lambda j: j.id, reverse=True)
+    more = len(found) > limit or any(page.next is not None for page in pages)
+    return Page(found[:limit], str(found[limit - 1].id) if more and len(found) >= limit else None)
 
 
 async def jobs_by_filename(engine: AsyncEngine, text: str, limit: int = 50,
