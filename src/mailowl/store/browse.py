@@ -56,6 +56,8 @@ class JobRow:
     file_extension: str | None = None
     content_disposition: str | None = None
     rules: list[RuleRow] = field(default_factory=list)
+    #: what the analysers reported to the rules, by report (archive members, YARA, ClamAV, Cortex, ...)
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def deciding_rule(self) -> RuleRow | None:
@@ -136,7 +138,18 @@ def _job(row: Any, full: bool = True) -> JobRow:
         finished_at=_aware(row.finished_at) if row.finished_at else None, identity=row.identity, sha1=row.sha1,
         md5=row.md5, type_declared=row.type_declared, type_by_content=row.type_by_content,
         type_by_name=row.type_by_name, file_extension=row.file_extension,
-        content_disposition=row.content_disposition, rules=rules)
+        content_disposition=row.content_disposition, rules=rules, reports=_reports(row) if full else {})
+
+
+def _reports(row: Any) -> dict[str, dict[str, Any]]:
+    """jobs.facts (migration 0006): the reports the rules read, without the empty ones."""
+    raw = row._mapping.get("facts")
+    try:
+        found = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return {name: report for name, report in found.items() if isinstance(report, dict) and report} \
+        if isinstance(found, dict) else {}
 
 
 def _message(row: Any) -> MessageRow:
