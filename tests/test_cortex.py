@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,29 @@ def test_scan_does_not_wait_for_cortex(tmp_path: Path, capsys: pytest.CaptureFix
     main(["scan", str(sample), "--json", "--ruleset", str(_ruleset(tmp_path)), "--analyzers", str(conf)])
     out = capsys.readouterr().out
     assert "failed" in out and "only mailowl serve waits for Cortex" in out
+
+
+async def test_many_waits_are_spread_over_small_connection_pools() -> None:
+    """A thousand samples parked on Cortex are a thousand open waitreport requests. In one httpx pool each
+    request and each answer would look at every other connection; the client spreads them over pools of at
+    most WAIT_SHARD, and every wait still gets its own answer."""
+    from mailowl.analysis.cortex import WAIT_SHARD
+
+    waits = 3 * WAIT_SHARD + 5
+    with running(delay=3.0) as cortex:
+        client = CortexClient(_settings(cortex.url))
+        try:
+            # submitted all at once: at most WAIT_SHARD of them are in flight, the rest wait their turn
+            jobs = await asyncio.gather(*[client.submit("FileInfo_8_0", "file", b"x%d" % i,
+                                                        hashlib.sha256(b"x%d" % i).hexdigest(), None, None, None)
+                                          for i in range(waits)])
+            assert len(set(jobs)) == waits
+            pending = [asyncio.ensure_future(client.status(job, 30)) for job in jobs]
+            await asyncio.sleep(0)  # every wait has picked its pool
+            held = list(client._waits.values())
+            assert sum(held) == waits and max(held) <= WAIT_SHARD and len(held) == -(-waits // WAIT_SHARD)
+            results = await asyncio.gather(*pending)
+            assert [status for status, _ in results] == ["Success"] * waits
+            assert sum(client._waits.values()) == 0
+        finally:
+            await client.close()

@@ -287,6 +287,10 @@ def empty_report(name: str) -> AnalyzerReport:
 
 
 # the client ------------------------------------------------------------------------------------------------
+#: long waits per HTTP client (see CortexClient._waits), and short requests at a time
+WAIT_SHARD = 32
+
+
 class CortexClient:
     """Cortex's REST API, asynchronous. Connection errors and 5xx answers are retried with exponential
     backoff (``backoff * 2**n`` seconds, ``retries`` times); 401/403 is a configuration error."""
@@ -294,24 +298,55 @@ class CortexClient:
     def __init__(self, settings: CortexSettings, transport: httpx.AsyncBaseTransport | None = None,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.settings = settings
-        headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
-        self._http = httpx.AsyncClient(base_url=settings.url.rstrip("/"), headers=headers, transport=transport,
-                                       timeout=httpx.Timeout(30.0), follow_redirects=False,
-                                       limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        self._transport = transport
+        self._http = self._client(64)
+        #: clients holding the long ``waitreport`` requests, and how many each holds: httpcore's pool looks at
+        #: every connection it has on each request and each answer, so a thousand waits in one pool cost a
+        #: million checks; shards of WAIT_SHARD keep that linear
+        self._waits: dict[httpx.AsyncClient, int] = {}
+        self._slots = asyncio.Semaphore(WAIT_SHARD)
         self._analyzers: dict[str, str] = {}
         #: the last configuration error (wrong api_token), cleared by the next accepted request
         self.problem: str | None = None
         self.on_error = on_error or (lambda kind: None)
 
-    async def close(self) -> None:
-        await self._http.aclose()
+    def _client(self, keepalive: int) -> httpx.AsyncClient:
+        settings = self.settings
+        headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+        return httpx.AsyncClient(base_url=settings.url.rstrip("/"), headers=headers, transport=self._transport,
+                                 timeout=httpx.Timeout(30.0), follow_redirects=False,
+                                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=keepalive))
 
-    async def _request(self, method: str, path: str, timeout: float = 30.0, **kwargs: Any) -> httpx.Response:
+    async def close(self) -> None:
+        for client in [self._http, *self._waits]:
+            await client.aclose()
+
+    def _wait_client(self) -> httpx.AsyncClient:
+        client = min(self._waits, key=self._waits.__getitem__, default=None)
+        if client is None or self._waits[client] >= WAIT_SHARD:
+            client = self._client(WAIT_SHARD)
+            self._waits[client] = 0
+        self._waits[client] += 1
+        return client
+
+    async def _request(self, method: str, path: str, timeout: float = 30.0, wait: bool = False,
+                       **kwargs: Any) -> httpx.Response:
+        if not wait:
+            async with self._slots:  # a burst of submissions queues here, not in httpcore's pool (see _waits)
+                return await self._send(self._http, method, path, timeout, **kwargs)
+        client = self._wait_client()
+        try:
+            return await self._send(client, method, path, timeout, **kwargs)
+        finally:
+            self._waits[client] -= 1
+
+    async def _send(self, client: httpx.AsyncClient, method: str, path: str, timeout: float,
+                    **kwargs: Any) -> httpx.Response:
         attempt = 0
         while True:
             kind, message = "", ""
             try:
-                response = await self._http.request(method, path, timeout=timeout, **kwargs)
+                response = await client.request(method, path, timeout=timeout, **kwargs)
             except httpx.TransportError as exc:
                 kind, message = "connection", f"Cortex at {self.settings.url} is unreachable: {type(exc).__name__}: {exc}"
             else:
@@ -385,7 +420,7 @@ class CortexClient:
             path, timeout = f"/api/job/{job_id}/waitreport?atMost={max(1, int(wait))}seconds", wait + 30
         else:
             path, timeout = f"/api/job/{job_id}/report", 30.0
-        response = await self._request("GET", path, timeout=timeout)
+        response = await self._request("GET", path, timeout=timeout, wait=wait > 0)
         if response.status_code == 404 and wait > 0:
             raise CortexError("no_waitreport", f"Cortex has no waitreport for job {job_id}")
         if response.status_code != 200:
