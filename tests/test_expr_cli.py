@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +82,7 @@ def test_dialects(tmp_path: Path) -> None:
     assert "dialect: expected one of peekaboo, mailowl" in mailowl("check-config", "--ruleset", str(ruleset)).stderr
 
 
-def test_batch_answers_every_line_in_order_quickly(tmp_path: Path) -> None:
+def test_batch_answers_every_line_in_order(tmp_path: Path) -> None:
     lines = []
     for i in range(10_000):
         facts = {"sample": {"file_size": i, "file_extension": "exe" if i % 3 else "txt"}}
@@ -92,9 +91,7 @@ def test_batch_answers_every_line_in_order_quickly(tmp_path: Path) -> None:
     lines[5] = "not json"
     lines[6] = json.dumps({"expression": "1 = 1 -> bad", "facts": {}})
     (tmp_path / "cases.jsonl").write_text("\n".join(lines) + "\n")
-    started = time.monotonic()
-    done = mailowl("expr", "eval", "--batch", str(tmp_path / "cases.jsonl"))
-    took = time.monotonic() - started
+    done = mailowl("expr", "eval", "--batch", str(tmp_path / "cases.jsonl"))  # its speed: bench/expr_batch.py
     assert done.returncode == 0, done.stderr
     answers = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(answers) == 10_000
@@ -102,7 +99,6 @@ def test_batch_answers_every_line_in_order_quickly(tmp_path: Path) -> None:
     assert answers[6]["error"] == "syntax error: unexpected character '=' at line 1, column 3"
     assert [a["result"] for a in answers[:5]] == [None, "bad", "bad", None, "bad"]
     assert sum(a["result"] == "bad" for a in answers) == len([i for i in range(10_000) if i % 3]) - 1
-    assert took < 20, f"10,000 distinct expressions took {took:.1f} s"  # about 3 s here
 
 
 def test_facts_of_a_finished_job_try_an_expression_on_them(tmp_path: Path) -> None:
