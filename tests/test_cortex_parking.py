@@ -117,7 +117,7 @@ async def test_two_analyzers_one_after_the_other(cortex: CortexStandIn, tmp_path
 
 
 async def test_parked_samples_hold_no_worker(cortex: CortexStandIn, tmp_path: Path) -> None:
-    cortex.delay = 5.0
+    cortex.delay = 10.0
     svc = await start(cortex.url, f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", workers=1)
     try:
         parked = [await svc.submit(Sample(b"EVIL %d" % i, filename="a.bin")) for i in range(20)]
@@ -127,9 +127,9 @@ async def test_parked_samples_hold_no_worker(cortex: CortexStandIn, tmp_path: Pa
         assert len(cortex.submissions()) == 20
         assert svc.parking is not None and len(svc.parking.parked) == 20
         assert metrics.PARKED._value.get() == 20
-        started = time.monotonic()
+        # with the one worker held by a parked sample, this would wait for Cortex's answer
         quick = await verdict(svc, b"anything", name="x.txt", wait=30)
-        assert quick.result == Result.good and time.monotonic() - started < 3.0
+        assert quick.result == Result.good
         assert not any(job.finished for job in parked)
         for job in parked:
             await job.wait(60)
