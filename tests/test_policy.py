@@ -64,9 +64,9 @@ async def test_unparsable_is_never_clean_unless_configured(service: AnalysisServ
 async def test_support_id_finds_the_message(service: AnalysisService) -> None:
     decision = await decide(service, message(("run.bat", b"@echo off")), ENV, MailPolicy(), "test")
     record = await service.store.get_message(decision.support_id)
-    assert record is not None and record["action"] == "reject" and record["message_id"] == "<t@x>"
-    assert record["parts"][0]["filename"] == "run.bat" and record["client_ip"] == "192.0.2.1"
+    assert record is not None and record.action == "reject" and record.message_id == "<t@x>"
+    assert record.parts[0]["filename"] == "run.bat" and record.client_ip == "192.0.2.1"
     await service.store.flush()
-    service.store._recent_messages.clear()
+    service.store.messages.forget_recent()
     again = await service.store.get_message(decision.support_id)
-    assert again is not None and again["rcpt_to"] == ["b@example.net"]
+    assert again is not None and again.rcpt_to == ["b@example.net"] and again == record

@@ -61,7 +61,7 @@ async def test_jobs_verdicts_and_purge(store_url: str) -> None:
         async with store.engine.begin() as conn:  # type: ignore[union-attr]
             await conn.execute(update(jobs).values(run=f"{socket.gethostname()} 99999999 1"))
         assert await store.abandon_pending() == 2  # c and the new job: what a crash leaves behind
-        store._jobs.clear()
+        store.jobs._jobs.clear()
         assert (await store.get_job(c.id)).result is Result.failed  # type: ignore[union-attr]
 
         # an old verdict is ignored by `known`, then purged
@@ -69,7 +69,7 @@ async def test_jobs_verdicts_and_purge(store_url: str) -> None:
         async with store.engine.begin() as conn:
             old = datetime.now(UTC) - timedelta(days=40)
             await conn.execute(update(jobs).where(jobs.c.id == a.id).values(finished_at=old, created_at=old))
-        store._journals.clear()
+        store.verdicts.clear()
         assert not (await store.journal(a.identity)).known
         assert await store.purge(30 * 86400) == 1
         assert await store.get_job(a.id) is None
@@ -84,7 +84,7 @@ async def test_long_declared_values_do_not_stall_writes(store_url: str) -> None:
         job = await store.new_job(Sample(b"x" * 10, "n" * 2000 + ".exe", "t/" + "y" * 400).facts())
         finish(store, job, Result.unknown)
         await store.flush()
-        store._jobs.clear()
+        store.jobs._jobs.clear()
         again = await store.get_job(job.id)
         assert again is not None and again.result is Result.unknown
         assert again.facts["filename"] is not None and len(again.facts["filename"]) == 512
@@ -99,7 +99,7 @@ async def test_verdict_lookups_are_batched_and_cached(sqlite_store: Store) -> No
     await store.flush()
     # in memory right away, before and after the write
     assert (await store.journal(job.identity)).result is Result.good
-    store._journals.clear()
+    store.verdicts.clear()
     reports = await asyncio.gather(*(store.journal(job.identity) for _ in range(20)))
     assert all(r.known for r in reports)
 
@@ -193,7 +193,7 @@ async def test_memory_answers_only_jobs_too_young_to_be_purged(tmp_path: Path) -
         assert await store.get_job(job.id) is job  # no purge can have deleted it: answered from memory
         now[0] += timedelta(minutes=2)
         assert await store.get_job(job.id) is None  # old enough to be purged: the database decides
-        assert job.id not in store._jobs
+        assert job.id not in store.jobs._jobs
     finally:
         await store.close()
 
@@ -251,8 +251,8 @@ async def test_sqlite_checkpoints_happen_off_the_event_loop_and_keep_the_wal_sma
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
     await store.open()
     try:
-        assert store._sqlite is not None and store._checkpoints is not None
-        assert store._sqlite.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        assert store.db.sqlite_writer is not None and store.db.checkpoints is not None
+        assert store.db.sqlite_writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
         for round_ in range(100):
             jobs_ = [store.add_job(Sample(f"row {round_} {i}".encode() * 20, f"{i}.bin").facts()) for i in range(40)]
             for job in jobs_:

@@ -222,11 +222,10 @@ class Api:
         if record is None:
             return error(404, f"No message with support id {support_id}")
         parts = []
-        for part in record.get("parts") or []:
+        for part in record.parts:
             job = await self.service.store.get_job(part["job_id"]) if part.get("job_id") else None
             parts.append({**part, "job": job.as_dict() if job is not None else None})
-        created = record["created_at"]
-        return JSON({**record, "created_at": created.isoformat() if created else None, "parts": parts})
+        return JSON({**record.as_dict(), "created_at": record.created_at.isoformat(), "parts": parts})
 
     # operations ---------------------------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:

@@ -142,10 +142,10 @@ class Narrator:
             if record is None:
                 continue
             final = record
-            for index, part in enumerate(record.get("parts") or []):
+            for index, part in enumerate(record.parts):
                 if part.get("job_id") and index not in jobs:
                     jobs[index] = part["job_id"]
-        for index, part in enumerate((final or {}).get("parts") or []):
+        for index, part in enumerate(final.parts if final is not None else []):
             job = await self.store.get_job(jobs[index]) if index in jobs else None
             rule = job.rules[-1].rule if job is not None and job.rules else "known"
             cached = "" if index in jobs else " (from the verdict cache)"
@@ -156,7 +156,7 @@ class Narrator:
             self.console.print(f"           [dim]why:[/] {escape(part.get('filename') or '(unnamed)')} is "
                                f"[{colour}]{escape(str(part.get('result')))}[/] by rule [bold]{escape(rule)}[/]"
                                f"{cached}: {escape(part.get('reason') or '')}")
-        if final is not None and not final.get("parts"):
+        if final is not None and not final.parts:
             self.console.print("           [dim]why: no attachments, nothing to analyse[/]")
 
 

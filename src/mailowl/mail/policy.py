@@ -20,6 +20,7 @@ from mailowl.core.service import AnalysisService, QueueFull
 from mailowl.mail.parts import Extraction, MailLimits, extract
 from mailowl.results import Result
 from mailowl.store import Job
+from mailowl.store.messages import MessageRecord
 
 # Messages below this size are taken apart on the event loop: a thread hand-off would cost more.
 _INLINE_PARSE = 256 * 1024
@@ -162,9 +163,8 @@ def _record(service: AnalysisService, decision: Decision, raw: bytes, size: int,
         if line in (b"", b"\r"):
             break
     service.verdict_log.message(decision, envelope, message_id, size)
-    service.store.record_message({
-        "support_id": decision.support_id, "created_at": datetime.now(UTC), "ingress": ingress,
-        "message_id": message_id, "mail_from": envelope.mail_from, "rcpt_to": envelope.rcpt_to,
-        "client_ip": envelope.client_ip, "size": size, "action": decision.action, "reply": decision.reply,
-        "parts": parts, "findings": extraction.findings if extraction else [],
-    })
+    service.store.record_message(MessageRecord(
+        support_id=decision.support_id, created_at=datetime.now(UTC), ingress=ingress, message_id=message_id,
+        mail_from=envelope.mail_from, rcpt_to=envelope.rcpt_to, client_ip=envelope.client_ip, size=size,
+        action=decision.action, reply=decision.reply, parts=parts,
+        findings=extraction.findings if extraction else []))

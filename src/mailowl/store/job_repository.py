@@ -1,0 +1,114 @@
+"""Job rows: recent jobs from memory, the rest from the table; purging old ones; abandoning dead runs' jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, delete, exists, func, or_, select, update
+
+from mailowl.results import Result
+from mailowl.store.database import Database, StoreError
+from mailowl.store.jobs import DONE, PENDING, Job
+from mailowl.store.lru import Lru
+from mailowl.store.models import jobs, messages, samples
+from mailowl.store.rows import job_from_row
+from mailowl.store.runs import alive, on_this_host
+
+#: rows per purge transaction: each holds the write lock (SQLite) or its row locks for milliseconds only
+PURGE_BATCH = 5000
+
+
+class JobRepository:
+    def __init__(self, db: Database, size: int, purge_min_age: int, clock: Callable[[], datetime]) -> None:
+        self.db = db
+        #: `db purge` never deletes jobs younger than this; memory answers only for jobs younger than half of it
+        self.purge_min_age = purge_min_age
+        self.clock = clock
+        self._jobs: Lru[int, Job] = Lru(size)
+
+    def stored(self, job: Job) -> None:
+        """The job's row is committed: keep it for quick answers."""
+        self._jobs.put(job.id, job)
+
+    async def get(self, job_id: int) -> Job | None:
+        """The job, or None if it never existed or was purged."""
+        if job_id <= 0:
+            return None
+        job = self._jobs.get(job_id)
+        if job is not None and job.created_at >= self.clock() - timedelta(seconds=self.purge_min_age / 2):
+            return job  # too young for any `db purge`, which may run in another process
+        if self.db.engine is None:
+            return job
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().first()
+        if row is None:
+            self._jobs.pop(job_id, None)  # purged
+            return None
+        return job if job is not None else job_from_row(row)
+
+    async def purge(self, older_than: int, batch: int = PURGE_BATCH) -> int:
+        """Delete finished jobs (and message records) created more than ``older_than`` seconds ago; returns
+        how many jobs. Batches of ``batch`` ids, each its own short transaction, with a pause as long as
+        the batch took in between: the writers of a running server get the lock between two batches."""
+        assert self.db.engine is not None
+        if older_than < self.purge_min_age:
+            raise StoreError(f"cannot purge jobs younger than {self.purge_min_age} s ([store] purge_min_age): "
+                             "a running server answers those from memory without asking the database")
+        cutoff = self.clock() - timedelta(seconds=older_than)
+        engine = self.db.engine
+        async with engine.connect() as conn:
+            # every job to delete has an id in [first, last]: walking that range by id needs no big sort and
+            # no OFFSET, and ix_jobs_created finds ``last`` without reading the table
+            first = (await conn.execute(select(func.min(jobs.c.id)))).scalar()
+            last = (await conn.execute(select(func.max(jobs.c.id)).where(jobs.c.created_at < cutoff))).scalar()
+        deleted = 0
+        if first is not None and last is not None:
+            for low in range(int(first), int(last) + 1, batch):
+                started = time.monotonic()
+                in_range = and_(jobs.c.id >= low, jobs.c.id < low + batch, jobs.c.created_at < cutoff,
+                                jobs.c.state == DONE)
+                async with engine.begin() as conn:
+                    identities = [i for (i,) in await conn.execute(select(jobs.c.identity).where(in_range).distinct())]
+                    deleted += int((await conn.execute(delete(jobs).where(in_range))).rowcount or 0)
+                    # the search by hash must not find identities whose last job is gone
+                    for start in range(0, len(identities), 500):
+                        chunk = identities[start:start + 500]
+                        await conn.execute(delete(samples).where(
+                            samples.c.identity.in_(chunk), ~exists().where(jobs.c.identity == samples.c.identity)))
+                await asyncio.sleep(time.monotonic() - started)
+        deleted_messages = -1
+        while deleted_messages != 0:
+            started = time.monotonic()
+            async with engine.begin() as conn:
+                # keys first, then delete by key: MariaDB refuses LIMIT in an IN (...) subquery
+                keys = [k for (k,) in await conn.execute(
+                    select(messages.c.support_id).where(messages.c.created_at < cutoff).limit(batch))]
+                deleted_messages = len(keys)
+                if keys:
+                    await conn.execute(delete(messages).where(messages.c.support_id.in_(keys)))
+            await asyncio.sleep(time.monotonic() - started)
+        for job_id in [j for j, job in self._jobs.items() if job.created_at < cutoff and job.finished]:
+            del self._jobs[job_id]
+        return deleted
+
+    async def abandon_pending(self, run: str, waiting: list[int], now: datetime) -> int:
+        """Jobs left pending by a run that died can never finish: mark them failed so clients stop waiting.
+        Pending jobs of a process that is still running (another `mailowl serve` on this database) are left
+        alone; a run on another host counts as dead only once its pending job is a day old. ``waiting``:
+        parked samples' jobs, which the next start resumes tracking (core/parking.py)."""
+        assert self.db.engine is not None
+        async with self.db.engine.begin() as conn:
+            runs = [r for (r,) in await conn.execute(select(jobs.c.run).where(jobs.c.state == PENDING).distinct())]
+            here = [r for r in runs if r is not None and on_this_host(r)]
+            dead = [r for r in here if r != run and not alive(r)]
+            elsewhere = [r for r in runs if r is not None and r not in here]
+            condition = or_(jobs.c.run.is_(None), jobs.c.run.in_(dead),
+                            and_(jobs.c.run.in_(elsewhere), jobs.c.created_at < now - timedelta(days=1)))
+            result = await conn.execute(
+                update(jobs).where(jobs.c.state == PENDING, condition, jobs.c.id.not_in(waiting)).values(
+                    state=DONE, result=Result.failed.name, finished_at=now,
+                    reason="Analysis was interrupted: the mailowl process running it stopped"))
+        return int(result.rowcount or 0)

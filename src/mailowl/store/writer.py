@@ -1,0 +1,192 @@
+"""Group commit, and with it job ids.
+
+A single writer task commits at once when it is idle, and everything queued while a commit is in flight
+goes into the next one, so 16 clients' jobs cost one commit, not 32. A new job's id comes from the
+database (autoincrement / sequence, via INSERT ... RETURNING) and exists only once the commit carrying its
+row is done: an acknowledged id is durable and never handed out again (docs/durability.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from mailowl.store import sqlite_writes
+from mailowl.store.database import Database, StoreError
+from mailowl.store.jobs import Job
+from mailowl.store.messages import MessageRecord
+from mailowl.store.models import jobs, messages, samples
+from mailowl.store.rows import answered_by_cache, job_row
+from mailowl.store.sql import insert_ignoring_duplicates, update_job
+
+log = logging.getLogger(__name__)
+
+#: loop turns the SQLite writer lets running requests queue their jobs before it commits (see _gather)
+_GATHER_TURNS = 4
+
+
+class GroupCommit:
+    def __init__(self, db: Database, run: str, stored: Callable[[Job], None]) -> None:
+        self.db = db
+        #: who we are in the jobs' ``run`` column
+        self.run = run
+        #: told about every job whose row was just committed (it has its id now)
+        self._stored = stored
+        #: jobs waiting for the next group commit, and the future that commit resolves
+        self._inserts: list[Job] = []
+        self._commit: asyncio.Future[None] | None = None
+        #: finished jobs whose row exists: their state is written by the next commit
+        self._finished: dict[int, Job] = {}
+        #: jobs that finished while the commit carrying their row was in flight
+        self._late: list[Job] = []
+        self._messages: list[MessageRecord] = []
+        self._writing = False
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # SQLite without fsync commits on the event loop: gather first, see _gather
+        self._gathers = db.sqlite_writer is not None and db.sqlite_synchronous == "NORMAL"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="store-writer")
+
+    async def close(self) -> None:
+        """Write what is queued, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    def add_job(self, facts: dict[str, Any], created_at: datetime) -> Job:
+        """A pending job without an id yet: its row goes into the next group commit, which gives it its id."""
+        if self._commit is None:
+            self._commit = asyncio.get_running_loop().create_future()
+        job = Job(id=0, facts=facts, created_at=created_at, _commit=self._commit)
+        self._inserts.append(job)
+        self._wake.set()
+        return job
+
+    def job_finished(self, job: Job) -> None:
+        if job.id > 0:
+            self._finished[job.id] = job
+        elif job.id == 0:
+            # its insert is queued (it then carries the finished state) or in flight (an update follows)
+            self._late.append(job)
+        self._wake.set()
+
+    def add_message(self, record: MessageRecord) -> None:
+        self._messages.append(record)
+        self._wake.set()
+
+    def _queued(self) -> bool:
+        return bool(self._inserts or self._finished or self._late or self._messages)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        while self._queued() or self._writing:
+            self._flushed.clear()
+            self._wake.set()
+            await self._flushed.wait()
+
+    async def _loop(self) -> None:
+        """Commit at once when idle; whatever arrives meanwhile goes into the next commit."""
+        while True:
+            if not self._queued():
+                self._flushed.set()
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._gathers:
+                await self._gather()
+            inserts, commit, msgs = self._inserts, self._commit, self._messages
+            self._inserts, self._commit, self._messages = [], None, []
+            carried = {id(job) for job in inserts}
+            updates = self._finished
+            # a late job whose insert was in the last commit has its id now; one in this commit needs no update
+            for job in self._late:
+                if job.id > 0:
+                    updates[job.id] = job
+            self._finished, self._late = {}, [job for job in self._late if job.id == 0 and id(job) not in carried]
+            self._writing = True
+            try:
+                await self._write(inserts, updates, msgs)
+            except Exception as exc:
+                log.exception("store write failed")
+                failure = StoreError(f"cannot store the job: {exc}")
+                for job in inserts:
+                    job.id, job._commit = -1, None  # never stored: never finished into the store either
+                if commit is not None and not commit.done():
+                    commit.set_exception(failure)
+                    commit.exception()  # a caller that went away must not leave "exception never retrieved"
+                # rows that exist keep their newer states; messages are written later
+                self._finished = updates | self._finished
+                self._messages = msgs + self._messages
+                if not self._closing:
+                    await asyncio.sleep(1)
+            else:
+                if commit is not None and not commit.done():
+                    commit.set_result(None)
+            finally:
+                self._writing = False
+            self._flushed.set()
+            if self.db.checkpoints is not None:
+                self.db.checkpoints.committed(len(inserts) + len(updates) + len(msgs))
+
+    async def _gather(self) -> None:
+        """A commit on the event loop leaves no time in which the next group could form: let the requests
+        that are already running reach their insert first (a few loop turns, never a fixed wait)."""
+        queued = -1
+        for _ in range(_GATHER_TURNS):
+            if len(self._inserts) == queued:
+                return  # a turn brought nothing new
+            queued = len(self._inserts)
+            await asyncio.sleep(0)
+
+    async def _write(self, inserts: list[Job], updates: dict[int, Job], msgs: list[MessageRecord]) -> None:
+        message_rows = [m.row() for m in msgs]
+        new_rows = [job_row(job, self.run) for job in inserts]
+        sample_rows = [{"sha256": job.facts["sha256"], "identity": job.identity} for job in inserts
+                       if not answered_by_cache(job)]
+        update_rows = [{**job_row(job, None), "b_id": job_id} for job_id, job in updates.items()]
+        sqlite = self.db.sqlite_writer
+        if sqlite is not None:
+            await sqlite_writes.begin(sqlite)
+            if self._gathers:
+                # a WAL commit without fsync takes well under a millisecond: done right here, it beats any
+                # thread hand-off, which waits for the GIL behind the analysis threads
+                ids = sqlite_writes.write(sqlite, new_rows, message_rows, update_rows, sample_rows)
+            else:
+                # fsync takes milliseconds: one thread hop for the whole transaction (aiosqlite hops per statement)
+                ids = await asyncio.to_thread(sqlite_writes.write, sqlite, new_rows, message_rows, update_rows,
+                                              sample_rows)
+        else:
+            assert self.db.engine is not None
+            async with self.db.engine.begin() as conn:
+                ids = await conn.run_sync(_write_rows, new_rows, message_rows, update_rows, sample_rows)
+        # committed: only now do the ids exist
+        for job, job_id in zip(inserts, ids, strict=True):
+            job.id, job._commit = job_id, None
+            self._stored(job)
+
+
+def _write_rows(conn: Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
+                update_rows: list[dict[str, Any]], sample_rows: list[dict[str, Any]]) -> list[int]:
+    """One group commit's statements through SQLAlchemy (MariaDB, PostgreSQL); the new ids in row order."""
+    ids = sqlite_writes.check_ids(list(conn.execute(
+        jobs.insert().returning(jobs.c.id, jobs.c.identity, sort_by_parameter_order=True), new_rows).all()),
+        new_rows) if new_rows else []
+    if sample_rows:
+        conn.execute(insert_ignoring_duplicates(samples, conn.dialect.name), sample_rows)
+    if message_rows:
+        conn.execute(messages.insert(), message_rows)
+    if update_rows:
+        conn.execute(update_job, update_rows)
+    return ids
