@@ -5,6 +5,7 @@ what no rule read (libmagic's description, olevba's reveal), and read back from 
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -185,9 +186,10 @@ def test_expr_facts_of_a_served_job(tmp_path: Path) -> None:
     srv = Server(tmp_path, ruleset=str(ruleset))
     try:
         job = srv.verdict(srv.scan(b"plain words, nothing else\n", "words.txt")[1]["job_id"])
+        again = srv.verdict(srv.scan(b"plain words, nothing else\n", "words.txt")[1]["job_id"])
     finally:
         srv.stop()
-    assert job["result"] == "bad"
+    assert job["result"] == again["result"] == "bad"
     config = tmp_path / "expr.toml"
     config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
     done = mailowl("expr", "facts", str(job["job_id"]), "--config", str(config))
@@ -198,6 +200,14 @@ def test_expr_facts_of_a_served_job(tmp_path: Path) -> None:
     assert "filereport.type_as_text" not in done.stderr
     answer = mailowl("expr", "eval", "--facts", "-", "filereport.type_as_text == /ASCII.*/ -> bad", stdin=done.stdout)
     assert json.loads(answer.stdout)["result"] == "bad"
+    # the repeat was answered by the verdict cache: the known report it read is rebuilt, nothing was stored
+    cached = mailowl("expr", "facts", str(again["job_id"]), "--config", str(config))
+    assert cached.returncode == 0, cached.stderr
+    known = json.loads(cached.stdout)["knownreport"]
+    assert known["known"] is True and known["worst_result"] == "bad"
+    with sqlite3.connect(tmp_path / "data" / "mailowl.db") as db:
+        stored = dict(db.execute("SELECT id, facts FROM jobs").fetchall())
+    assert stored[job["job_id"]] is not None and stored[again["job_id"]] is None
 
 
 def test_expr_eval_reads_cortex_reports_from_facts() -> None:

@@ -86,6 +86,9 @@ class Engine:
             _running.timings = outer
         if member:  # a member's facts and timings belong to the top-level sample's analysis
             return Verdict(result, reason, done)
+        if len(done) == 1 and done[0].rule == "known" and not done[0].further_analysis:
+            # answered by the verdict cache: expr/facts.py rebuilds the known report, the only one read
+            return Verdict(result, reason, done, None, timings)
         try:
             facts = ctx.seen()
         except Exception:  # recording the facts must never cost the verdict
