@@ -70,8 +70,11 @@ class V1FastPath:
         if scope["type"] == "http":
             path, method = scope["path"], scope["method"]
             if path.startswith("/v1/report/") and method == "GET" and "/" not in path[11:]:
-                status, payload = await self.api.report(path[11:])
-                await send_json(send, status, payload)
+                try:
+                    status, payload = await self.api.report(path[11:])
+                except StoreError as exc:  # the database is down: the client polls again later
+                    status, payload = 503, {"message": f"Store unavailable, try again later: {exc}"}
+                await send_json(send, status, payload, [(b"retry-after", b"5")] if status == 503 else None)
                 return
             if path == "/v1/scan" and method == "POST":
                 headers = {}
@@ -271,6 +274,11 @@ async def _method(request: Request, exc: Exception) -> Response:
     return error(405, f"Method {request.method} not allowed for URL {request.url.path}")
 
 
+async def _store_down(request: Request, exc: Exception) -> Response:
+    """A read the database could not answer (it is down or unreachable): retry, nothing is lost."""
+    return error(503, f"Store unavailable, try again later: {exc}", _RETRY)
+
+
 async def _crash(request: Request, exc: Exception) -> Response:
     return error(500, "Internal error; see the mailowl log")
 
@@ -294,7 +302,8 @@ def create_app(service: AnalysisService, max_sample_size: int, token: str = "",
         Route("/openapi.json", api.openapi, methods=["GET"]),
     ]
     app: Any = Starlette(routes=routes, lifespan=lifespan,
-                         exception_handlers={404: _not_found, 405: _method, 500: _crash})
+                         exception_handlers={404: _not_found, 405: _method, 500: _crash,
+                                             StoreError: _store_down})
     app = V1FastPath(app, api, messages)
     if token:
         app = BearerAuth(app, token)

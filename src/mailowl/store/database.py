@@ -5,21 +5,38 @@ an async engine's thread hop, which waits for the GIL behind the analysis thread
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mailowl.store.checkpoint import Checkpoints
 from mailowl.store.migrate import upgrade
 
+#: seconds to connect to MariaDB / PostgreSQL before the attempt counts as an outage
+CONNECT_TIMEOUT = 5
+_CONNECT_TIMEOUT_ARG = {"asyncpg": "timeout", "asyncmy": "connect_timeout", "aiomysql": "connect_timeout"}
+
 
 class StoreError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def reading() -> Iterator[None]:
+    """A read the database cannot answer (down, unreachable, a connection lost mid-query) is a StoreError:
+    the API answers 503 with Retry-After instead of 500, and the next read reconnects."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"the database is unavailable: {exc}") from exc
 
 
 class Database:
@@ -48,7 +65,12 @@ class Database:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
         elif not sqlite:
+            # pre-ping: a connection that died with the server is replaced, so the store reconnects by itself
             kwargs.update(pool_size=8, max_overflow=8, pool_pre_ping=True, pool_recycle=3600)
+            # an unreachable server (not a refusing one) must not hold requests for the drivers' 60 s default
+            timeout = _CONNECT_TIMEOUT_ARG.get(url.get_driver_name())
+            if timeout is not None:
+                kwargs["connect_args"] = {timeout: CONNECT_TIMEOUT}
         engine = create_async_engine(self.url, **kwargs)
         pragmas = functools.partial(sqlite_pragmas, synchronous=self.sqlite_synchronous)
         if sqlite:

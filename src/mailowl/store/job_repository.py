@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 
 from mailowl.results import Result
-from mailowl.store.database import Database, StoreError
+from mailowl.store.database import Database, StoreError, reading
 from mailowl.store.jobs import DONE, PENDING, Job
 from mailowl.store.lru import Lru
 from mailowl.store.models import jobs, messages, samples
@@ -42,8 +42,9 @@ class JobRepository:
             return job  # too young for any `db purge`, which may run in another process
         if self.db.engine is None:
             return job
-        async with self.db.engine.connect() as conn:
-            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().first()
+        with reading():
+            async with self.db.engine.connect() as conn:
+                row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().first()
         if row is None:
             self._jobs.pop(job_id, None)  # purged
             return None

@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mailowl.store.database import reading
 from mailowl.store.lru import Lru
 from mailowl.store.models import messages
 from mailowl.store.rows import aware
@@ -83,6 +84,7 @@ class MessageRepository:
             return dataclasses.replace(record)  # the caller may change its copy
         if engine is None:
             return None
-        async with engine.connect() as conn:
-            row = (await conn.execute(select(messages).where(messages.c.support_id == support_id))).mappings().first()
+        with reading():
+            async with engine.connect() as conn:
+                row = (await conn.execute(select(messages).where(messages.c.support_id == support_id))).mappings().first()
         return MessageRecord.from_row(row) if row is not None else None

@@ -26,6 +26,9 @@ from mailowl.store.sql import insert_ignoring_duplicates, update_job
 
 log = logging.getLogger(__name__)
 
+#: seconds between two attempts to commit while the database fails, doubling up to the second value: a
+#: submission waits at most this long for its 503, and a database that is back is used within it
+_RETRY_FIRST, _RETRY_MAX = 0.1, 2.0
 #: loop turns the SQLite writer lets running requests queue their jobs before it commits (see _gather)
 _GATHER_TURNS = 4
 
@@ -50,6 +53,8 @@ class GroupCommit:
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: the pause before the next attempt while commits fail; None while they succeed
+        self._retry: float | None = None
         # SQLite without fsync commits on the event loop: gather first, see _gather
         self._gathers = db.sqlite_writer is not None and db.sqlite_synchronous == "NORMAL"
 
@@ -119,7 +124,11 @@ class GroupCommit:
             try:
                 await self._write(inserts, updates, msgs)
             except Exception as exc:
-                log.exception("store write failed")
+                if self._retry is None:
+                    log.exception("store write failed; retrying with backoff")
+                    self._retry = _RETRY_FIRST
+                else:  # one traceback per outage, not one per attempt
+                    log.warning("store write failed again: %s", exc)
                 failure = StoreError(f"cannot store the job: {exc}")
                 for job in inserts:
                     job.id, job._commit = -1, None  # never stored: never finished into the store either
@@ -130,10 +139,14 @@ class GroupCommit:
                 self._finished = updates | self._finished
                 self._messages = msgs + self._messages
                 if not self._closing:
-                    await asyncio.sleep(1)
+                    await asyncio.sleep(self._retry)
+                    self._retry = min(self._retry * 2, _RETRY_MAX)
             else:
                 if commit is not None and not commit.done():
                     commit.set_result(None)
+                if self._retry is not None:
+                    log.warning("store writes work again")
+                    self._retry = None
             finally:
                 self._writing = False
             self._flushed.set()
