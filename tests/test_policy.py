@@ -70,3 +70,15 @@ async def test_support_id_finds_the_message(service: AnalysisService) -> None:
     service.store.messages.forget_recent()
     again = await service.store.get_message(decision.support_id)
     assert again is not None and again.rcpt_to == ["b@example.net"] and again == record
+
+
+def test_the_record_keeps_the_subject_unfolded_and_decoded() -> None:
+    from mailowl.mail.policy import _decoded, _top_headers
+
+    head = (b"From: a@x.example\r\nSubject: =?utf-8?q?=3Cscript=3E?=\r\n =?utf-8?b?w6TDtsO8?= tail\r\n"
+            b"Message-ID: <m@x>\r\nSubject: a second one is ignored\r\n\r\nSubject: not a header\r\n")
+    found = _top_headers(head, (b"message-id", b"subject"))
+    assert found[b"message-id"] == "<m@x>"
+    assert _decoded(found[b"subject"]) == "<script>äöü tail"
+    assert _decoded("=?x-bogus?Q?=ff?=") == "=?x-bogus?Q?=ff?="  # an unknown charset stays as it came
+    assert _top_headers(b"From: a\n\nSubject: body\n", (b"subject",)) == {}

@@ -90,6 +90,9 @@ def test_dashboard_shows_the_latest_messages_and_jobs_escaped(owl: tuple[Server,
     assert "&lt;script&gt;alert(1)&lt;script&gt;.bat" in html and "<script>alert" not in html
     assert "&lt;svg onload=alert(2)&gt;.bat" in html and "<svg" not in html
     assert "x&lt;b&gt;y&lt;/b&gt;@evil.example" in html and "<b>y</b>" not in html
+    # the encoded-word Subject, decoded, then escaped
+    assert "&lt;script&gt;alert(4)&lt;/script&gt;" in html and "<script>alert(4)" not in html
+    assert "alert=284=29" not in html
     assert "text/x-msdos-batch" in html and "expressions" in html  # the file types and deciding rules
     chart = re.search(r'data-chart="([^"]*)"', html)
     assert chart is not None and "&#34;bad&#34;" in chart.group(1)
@@ -220,3 +223,12 @@ def test_the_token_guards_the_interface(tmp_path: Path) -> None:
         assert elsewhere.headers["location"] == "/ui/"
     finally:
         server.stop()
+
+
+def test_the_message_page_shows_the_decoded_subject_as_text(owl: tuple[Server, dict[str, Any]]) -> None:
+    server, facts = owl
+    status, html, _ = page(server, f"/ui/messages/{facts['svg']['support_id']}")
+    assert status == 200
+    assert "<dt>subject</dt><dd>&lt;script&gt;alert(4)&lt;/script&gt;</dd>" in html
+    _, clean, _ = page(server, f"/ui/messages/{facts['clean']['support_id']}")
+    assert "<dt>subject</dt><dd>hello</dd>" in clean

@@ -10,6 +10,8 @@ finds the message, its parts and their verdicts in the store.
 from __future__ import annotations
 
 import asyncio
+import email.errors
+import email.header
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -154,17 +156,43 @@ def _record(service: AnalysisService, decision: Decision, raw: bytes, size: int,
                           # the verdict at decision time; a cached one has no job of its own
                           "result": job.result.name if job.result is not None else None,
                           "reason": job.reason, "findings": part.findings})
-    message_id = None
-    head = raw[:65536]
-    for line in head.split(b"\n"):
-        if line.lower().startswith(b"message-id:"):
-            message_id = line.split(b":", 1)[1].strip().decode("utf-8", "replace")
-            break
-        if line in (b"", b"\r"):
-            break
+    found = _top_headers(raw[:65536], (b"message-id", b"subject"))
+    message_id = found.get(b"message-id")
     service.verdict_log.message(decision, envelope, message_id, size)
     service.store.record_message(MessageRecord(
         support_id=decision.support_id, created_at=datetime.now(UTC), ingress=ingress, message_id=message_id,
+        subject=_decoded(found[b"subject"]) if b"subject" in found else None,
         mail_from=envelope.mail_from, rcpt_to=envelope.rcpt_to, client_ip=envelope.client_ip, size=size,
         action=decision.action, reply=decision.reply, parts=parts,
         findings=extraction.findings if extraction else []))
+
+
+def _top_headers(head: bytes, names: tuple[bytes, ...]) -> dict[bytes, str]:
+    """The first of each named header of the message's own header block, unfolded; a cheap scan of the
+    first bytes, not a parse (the record only shows them)."""
+    found: dict[bytes, str] = {}
+    current: bytes | None = None
+    for line in head.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                found[current] += " " + line.strip().decode("utf-8", "replace")
+            continue
+        name, colon, value = line.partition(b":")
+        name = name.strip().lower()
+        current = name if colon and name in names and name not in found else None
+        if current is not None:
+            found[current] = value.strip().decode("utf-8", "replace")
+    return found
+
+
+def _decoded(value: str) -> str:
+    """RFC 2047 encoded words decoded; the text as it came where they cannot be (an unknown charset)."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
+        return value

@@ -88,6 +88,7 @@ class MessageRow:
     rcpt_to: list[str]
     reply: str | None = None
     message_id: str | None = None
+    subject: str | None = None
     client_ip: str | None = None
     size: int | None = None
     parts: list[PartRow] = field(default_factory=list)
@@ -160,7 +161,8 @@ def _message(row: Any) -> MessageRow:
              for p in orjson.loads(row.parts or "[]")]
     return MessageRow(support_id=row.support_id, created_at=_aware(row.created_at), ingress=row.ingress,
                       action=row.action, mail_from=row.mail_from, rcpt_to=orjson.loads(row.rcpt_to or "[]"),
-                      reply=row.reply, message_id=row.message_id, client_ip=row.client_ip, size=row.size,
+                      reply=row.reply, message_id=row.message_id, subject=row.subject, client_ip=row.client_ip,
+                      size=row.size,
                       parts=parts, findings=orjson.loads(row.findings or "[]"))
 
 

@@ -19,7 +19,7 @@ from mailowl.store.rows import aware
 
 #: columns whose value is JSON text in the table
 _JSON = ("rcpt_to", "parts", "findings")
-_LIMITS = {key: getattr(messages.c[key].type, "length", None) for key in ("message_id", "mail_from")}
+_LIMITS = {key: getattr(messages.c[key].type, "length", None) for key in ("message_id", "mail_from", "subject")}
 
 
 @dataclass(slots=True)
@@ -29,6 +29,7 @@ class MessageRecord:
     ingress: str
     action: str
     message_id: str | None = None
+    subject: str | None = None
     mail_from: str | None = None
     rcpt_to: list[str] = field(default_factory=list)
     client_ip: str | None = None
@@ -51,7 +52,8 @@ class MessageRecord:
         for key in _JSON:
             row[key] = orjson.dumps(row[key] or []).decode()
         for key, limit in _LIMITS.items():
-            # a header's Message-ID and the envelope sender come from strangers: never let one stall writes
+            # a header's Message-ID and Subject and the envelope sender come from strangers: never let one
+            # stall writes
             if limit and isinstance(row[key], str):
                 row[key] = row[key][:limit]
         return row

@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects import mysql
 
@@ -47,6 +48,10 @@ jobs = Table(
     Column("facts", Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")),
     Index("ix_jobs_identity", "identity"),
     Index("ix_jobs_created", "created_at"),
+    # start-up's search for pending jobs of dead runs (0009); MariaDB has no partial index: (state, run) there
+    Index("ix_jobs_pending", "run", sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'"))
+    .ddl_if(dialect=("sqlite", "postgresql")),
+    Index("ix_jobs_pending", "state", "run").ddl_if(dialect=("mysql", "mariadb")),
     sqlite_autoincrement=True,
 )
 
@@ -67,6 +72,8 @@ messages = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("ingress", String(16), nullable=False),
     Column("message_id", String(255)),
+    #: the Subject header, RFC 2047 words decoded (migration 0010)
+    Column("subject", String(512)),
     Column("mail_from", String(512)),
     Column("rcpt_to", Text),
     Column("client_ip", String(64)),
