@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import and_, delete, exists, func, literal_column, or_, select, update
 
 from mailowl.results import Result
 from mailowl.store.database import Database, StoreError, reading
@@ -101,15 +101,17 @@ class JobRepository:
         alone; a run on another host counts as dead only once its pending job is a day old. ``waiting``:
         parked samples' jobs, which the next start resumes tracking (core/parking.py)."""
         assert self.db.engine is not None
+        # a literal, not a bound parameter: only then may SQLite use the partial index ix_jobs_pending
+        pending = jobs.c.state == literal_column(f"'{PENDING}'")
         async with self.db.engine.begin() as conn:
-            runs = [r for (r,) in await conn.execute(select(jobs.c.run).where(jobs.c.state == PENDING).distinct())]
+            runs = [r for (r,) in await conn.execute(select(jobs.c.run).where(pending).distinct())]
             here = [r for r in runs if r is not None and on_this_host(r)]
             dead = [r for r in here if r != run and not alive(r)]
             elsewhere = [r for r in runs if r is not None and r not in here]
             condition = or_(jobs.c.run.is_(None), jobs.c.run.in_(dead),
                             and_(jobs.c.run.in_(elsewhere), jobs.c.created_at < now - timedelta(days=1)))
             result = await conn.execute(
-                update(jobs).where(jobs.c.state == PENDING, condition, jobs.c.id.not_in(waiting)).values(
+                update(jobs).where(pending, condition, jobs.c.id.not_in(waiting)).values(
                     state=DONE, result=Result.failed.name, finished_at=now,
                     reason="Analysis was interrupted: the mailowl process running it stopped"))
         return int(result.rowcount or 0)
