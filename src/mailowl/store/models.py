@@ -72,6 +72,8 @@ messages = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("ingress", String(16), nullable=False),
     Column("message_id", String(255)),
+    #: the Subject header, RFC 2047 words decoded (migration 0010)
+    Column("subject", String(512)),
     Column("mail_from", String(512)),
     Column("rcpt_to", Text),
     Column("client_ip", String(64)),
