@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, exists, func, literal_column, or_, select, update
+from sqlalchemy import and_, delete, exists, literal_column, or_, select, update
 
 from mailowl.results import Result
 from mailowl.store.database import Database, StoreError, reading
@@ -60,31 +60,31 @@ class JobRepository:
                              "a running server answers those from memory without asking the database")
         cutoff = self.clock() - timedelta(seconds=older_than)
         engine = self.db.engine
-        async with engine.connect() as conn:
-            # every job to delete has an id in [first, last]: walking that range by id needs no big sort and
-            # no OFFSET, and ix_jobs_created finds ``last`` without reading the table
-            first = (await conn.execute(select(func.min(jobs.c.id)))).scalar()
-            last = (await conn.execute(select(func.max(jobs.c.id)).where(jobs.c.created_at < cutoff))).scalar()
+        # the oldest first, by ix_jobs_created: each batch starts where the index's deleted part ends, with
+        # no OFFSET, no sort and no scan of the newer jobs
+        oldest = (select(jobs.c.id, jobs.c.identity).where(jobs.c.created_at < cutoff, jobs.c.state == DONE)
+                  .order_by(jobs.c.created_at).limit(batch))
         deleted = 0
-        if first is not None and last is not None:
-            for low in range(int(first), int(last) + 1, batch):
-                started = time.monotonic()
-                in_range = and_(jobs.c.id >= low, jobs.c.id < low + batch, jobs.c.created_at < cutoff,
-                                jobs.c.state == DONE)
-                async with engine.begin() as conn:
-                    identities = [i for (i,) in await conn.execute(select(jobs.c.identity).where(in_range).distinct())]
-                    deleted += int((await conn.execute(delete(jobs).where(in_range))).rowcount or 0)
-                    # the search by hash must not find identities whose last job is gone
-                    for start in range(0, len(identities), 500):
-                        chunk = identities[start:start + 500]
-                        await conn.execute(delete(samples).where(
-                            samples.c.identity.in_(chunk), ~exists().where(jobs.c.identity == samples.c.identity)))
-                await asyncio.sleep(time.monotonic() - started)
+        while True:
+            started = time.monotonic()
+            async with engine.begin() as conn:
+                rows = (await conn.execute(oldest)).all()
+                if not rows:
+                    break
+                # keys first, then delete by key: MariaDB refuses LIMIT in an IN (...) subquery
+                await conn.execute(delete(jobs).where(jobs.c.id.in_([job_id for job_id, _ in rows])))
+                deleted += len(rows)
+                # the search by hash must not find identities whose last job is gone
+                identities = sorted({identity for _, identity in rows})
+                for start in range(0, len(identities), 500):
+                    await conn.execute(delete(samples).where(
+                        samples.c.identity.in_(identities[start:start + 500]),
+                        ~exists().where(jobs.c.identity == samples.c.identity)))
+            await asyncio.sleep(time.monotonic() - started)
         deleted_messages = -1
         while deleted_messages != 0:
             started = time.monotonic()
             async with engine.begin() as conn:
-                # keys first, then delete by key: MariaDB refuses LIMIT in an IN (...) subquery
                 keys = [k for (k,) in await conn.execute(
                     select(messages.c.support_id).where(messages.c.created_at < cutoff).limit(batch))]
                 deleted_messages = len(keys)

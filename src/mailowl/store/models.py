@@ -49,9 +49,7 @@ jobs = Table(
     Index("ix_jobs_identity", "identity"),
     Index("ix_jobs_created", "created_at"),
     # start-up's search for pending jobs of dead runs (0009); MariaDB has no partial index: (state, run) there
-    Index("ix_jobs_pending", "run", sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'"))
-    .ddl_if(dialect=("sqlite", "postgresql")),
-    Index("ix_jobs_pending", "state", "run").ddl_if(dialect=("mysql", "mariadb")),
+    Index("ix_jobs_pending", "run", sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
     sqlite_autoincrement=True,
 )
 
