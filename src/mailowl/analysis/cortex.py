@@ -299,7 +299,8 @@ class CortexClient:
                  on_error: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self._transport = transport
-        self._http = self._client(64)
+        # few idle connections kept: httpcore polls every idle one for readability on each request
+        self._http = self._client(8)
         #: clients holding the long ``waitreport`` requests, and how many each holds: httpcore's pool looks at
         #: every connection it has on each request and each answer, so a thousand waits in one pool cost a
         #: million checks; shards of WAIT_SHARD keep that linear
@@ -324,7 +325,7 @@ class CortexClient:
     def _wait_client(self) -> httpx.AsyncClient:
         client = min(self._waits, key=self._waits.__getitem__, default=None)
         if client is None or self._waits[client] >= WAIT_SHARD:
-            client = self._client(WAIT_SHARD)
+            client = self._client(0)  # a wait is long: a new connection costs less than polling idle ones
             self._waits[client] = 0
         self._waits[client] += 1
         return client
