@@ -213,23 +213,11 @@ async def test_a_job_that_cannot_be_committed_gets_no_id(sqlite_store: Store) ->
 
 
 async def test_upgrade_from_0003_keeps_verdicts_and_finds_them_by_identity(store_url: str) -> None:
-    from alembic import command
     from sqlalchemy import inspect
-    from sqlalchemy.ext.asyncio import create_async_engine
 
-    from mailowl.store.migrate import alembic_config
 
-    engine = create_async_engine(store_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0003"))
-            facts = Sample(b"judged before the upgrade", "old.bin").facts()
-            now = datetime.now(UTC)
-            await conn.execute(jobs.insert().values(
-                **{k: facts[k] for k in ("identity", "sha256", "size", "filename")},
-                state="done", result="bad", reason="judged by 0003", created_at=now, finished_at=now))
-    finally:
-        await engine.dispose()
+    facts = Sample(b"judged before the upgrade", "old.bin").facts()
+    await _judged_at_revision(store_url, "0003", [facts])
     store = Store(store_url)
     await store.open()
     try:
@@ -347,26 +335,13 @@ async def test_search_by_sha256_finds_cached_repeats_without_a_samples_row_for_t
 
 
 async def test_upgrade_from_0007_moves_the_search_by_hash_to_samples(store_url: str) -> None:
-    from alembic import command
     from sqlalchemy import inspect, select
-    from sqlalchemy.ext.asyncio import create_async_engine
 
     from mailowl.store import browse
-    from mailowl.store.migrate import alembic_config
     from mailowl.store.models import samples
 
-    engine = create_async_engine(store_url)
     facts = [Sample(b"judged before the upgrade", name).facts() for name in ("old.bin", "old.bin", "new.bin")]
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0007"))
-            now = datetime.now(UTC)
-            for f in facts:
-                await conn.execute(jobs.insert().values(
-                    **{k: f[k] for k in ("identity", "sha256", "size", "filename")},
-                    state="done", result="bad", reason="judged by 0007", created_at=now, finished_at=now))
-    finally:
-        await engine.dispose()
+    await _judged_at_revision(store_url, "0007", facts)
     store = Store(store_url)
     await store.open()
     try:
@@ -380,3 +355,23 @@ async def test_upgrade_from_0007_moves_the_search_by_hash_to_samples(store_url: 
         assert len(page.items) == 3
     finally:
         await store.close()
+
+
+async def _judged_at_revision(store_url: str, revision: str, facts: list[dict[str, object]]) -> None:
+    """A database at an older schema revision holding one finished (bad) job per ``facts``."""
+    from alembic import command
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mailowl.store.migrate import alembic_config
+
+    engine = create_async_engine(store_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), revision))
+            now = datetime.now(UTC)
+            for f in facts:
+                await conn.execute(jobs.insert().values(
+                    **{k: f[k] for k in ("identity", "sha256", "size", "filename")},
+                    state="done", result="bad", reason=f"judged by {revision}", created_at=now, finished_at=now))
+    finally:
+        await engine.dispose()
