@@ -62,7 +62,7 @@ class JobRepository:
         engine = self.db.engine
         # the oldest first, by ix_jobs_created: each batch starts where the index's deleted part ends, with
         # no OFFSET, no sort and no scan of the newer jobs
-        oldest = (select(jobs.c.id, jobs.c.identity).where(jobs.c.created_at < cutoff, jobs.c.state == DONE)
+        oldest = (select(jobs.c.id, jobs.c.sha256, jobs.c.identity).where(jobs.c.created_at < cutoff, jobs.c.state == DONE)
                   .order_by(jobs.c.created_at).limit(batch))
         deleted = 0
         while True:
@@ -72,13 +72,14 @@ class JobRepository:
                 if not rows:
                     break
                 # keys first, then delete by key: MariaDB refuses LIMIT in an IN (...) subquery
-                await conn.execute(delete(jobs).where(jobs.c.id.in_([job_id for job_id, _ in rows])))
+                await conn.execute(delete(jobs).where(jobs.c.id.in_([job_id for job_id, _, _ in rows])))
                 deleted += len(rows)
-                # the search by hash must not find identities whose last job is gone
-                identities = sorted({identity for _, identity in rows})
-                for start in range(0, len(identities), 500):
+                # the search by hash must not find identities whose last job is gone; found by sha256, the
+                # samples table's leading key column (identity alone is no index there: a scan per statement)
+                hashes = sorted({sha256 for _, sha256, _ in rows})
+                for start in range(0, len(hashes), 500):
                     await conn.execute(delete(samples).where(
-                        samples.c.identity.in_(identities[start:start + 500]),
+                        samples.c.sha256.in_(hashes[start:start + 500]),
                         ~exists().where(jobs.c.identity == samples.c.identity)))
             await asyncio.sleep(time.monotonic() - started)
         deleted_messages = -1
