@@ -119,6 +119,24 @@ async def test_store_fails_cleanly_while_the_database_is_down_and_reconnects(pos
         await again.close()
 
 
+async def test_closing_while_the_database_is_down_does_not_hang(postgres: PrivatePostgres) -> None:
+    store = Store(postgres.url)
+    await store.open()
+    job = await store.new_job(Sample(b"finished during the outage").facts())
+    postgres.stop()
+    job.finish(Result.good, "fine", [RuleResult("r", Result.good, "fine", True)], datetime.now(UTC))
+    store.job_finished(job)
+    await asyncio.wait_for(store.close(), 60)  # gives up after a few attempts instead of retrying for ever
+    postgres.start()
+    again = Store(postgres.url)
+    await again.open()
+    try:
+        stored = await again.get_job(job.id)
+        assert stored is not None and stored.state == "pending"  # the next start of a server abandons it
+    finally:
+        await again.close()
+
+
 def test_api_answers_503_with_retry_after_while_the_database_is_down(postgres: PrivatePostgres,
                                                                      tmp_path: Path) -> None:
     srv = Server(tmp_path, f'[store]\nurl = "{postgres.url}"\npurge_min_age = "1s"\n')

@@ -138,9 +138,14 @@ class GroupCommit:
                 # rows that exist keep their newer states; messages are written later
                 self._finished = updates | self._finished
                 self._messages = msgs + self._messages
-                if not self._closing:
-                    await asyncio.sleep(self._retry)
-                    self._retry = min(self._retry * 2, _RETRY_MAX)
+                if self._closing and self._retry >= _RETRY_MAX:
+                    # shutting down with the database still gone: stop instead of hanging the shutdown; rows
+                    # left pending are answered failed ("interrupted") at the next start
+                    log.error("store unavailable at shutdown: %d finished job state(s) and %d message record(s) "
+                              "not written", len(self._finished), len(self._messages))
+                    return
+                await asyncio.sleep(self._retry)
+                self._retry = min(self._retry * 2, _RETRY_MAX)
             else:
                 if commit is not None and not commit.done():
                     commit.set_result(None)
