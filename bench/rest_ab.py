@@ -5,11 +5,13 @@ usage: .venv/bin/python bench/rest_ab.py SAMPLES PAIRS NAME=SRC_DIR [NAME=SRC_DI
 
 Each NAME=SRC_DIR runs `mailowl serve` (embedded SQLite, fresh data directory) with PYTHONPATH=SRC_DIR, e.g.
 a `git worktree` of an older commit's src/; an empty SRC_DIR means this checkout. Prints one JSON line per
-round: fresh and cached samples/s and p99 (bench/load.py's fresh_and_cached, 16 clients).
+round: fresh and cached samples/s, p99, and the CPU time per sample of the server's process tree
+(worker processes included) (bench/load.py's rounds, 16 clients).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -18,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from load import fresh_and_cached  # noqa: E402
+from load import make_samples, run_round  # noqa: E402
+from milter import _cpu_seconds  # noqa: E402
 from rest import ROOT, RULESET, free_port, stop, wait_http  # noqa: E402
 
 
@@ -33,9 +36,29 @@ def one_round(src: str, samples: int) -> dict[str, object]:
                                  f"{tmp}/data"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         wait_http(port, proc)
         try:
-            return fresh_and_cached("127.0.0.1", port, samples, 16, seed=1)
+            items = make_samples(samples, 1)
+            out: dict[str, object] = {}
+            for name in ("fresh", "cached"):
+                cpu = tree_cpu_seconds(proc.pid)
+                out[name] = asyncio.run(run_round("127.0.0.1", port, items, 16))
+                out[f"{name}_cpu_us"] = round((tree_cpu_seconds(proc.pid) - cpu) * 1e6 / samples, 1)
+            return out
         finally:
             stop(proc)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its living descendants (the server and its worker processes)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += _cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended meanwhile
+    return total
 
 
 def main() -> None:
@@ -47,7 +70,9 @@ def main() -> None:
             fresh, cached = result["fresh"], result["cached"]
             assert isinstance(fresh, dict) and isinstance(cached, dict)
             print(name, json.dumps({"fresh": fresh.get("samples_per_s"), "cached": cached.get("samples_per_s"),
-                                    "fresh_p99_ms": fresh.get("p99_ms"), "cached_p99_ms": cached.get("p99_ms")}),
+                                    "fresh_p99_ms": fresh.get("p99_ms"), "cached_p99_ms": cached.get("p99_ms"),
+                                    "fresh_cpu_us": result["fresh_cpu_us"], "cached_cpu_us": result["cached_cpu_us"],
+                                    "load": round(os.getloadavg()[0], 2)}),
                   flush=True)
 
 
