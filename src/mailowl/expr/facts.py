@@ -69,8 +69,9 @@ def read_by_rules(job: Job) -> Facts:
 
 def missing(job: Job, facts: Facts) -> tuple[str, list[str]]:
     """What ``facts`` (``of_job``) lacks: ("not kept with a job", NOT_KEPT) for a job without stored
-    facts, else ("not computed during the analysis", the attributes no rule had computed)."""
-    if not job.rule_facts:
+    facts, else ("not computed during the analysis", the attributes no rule had computed). A job the
+    verdict cache answered keeps none because its rule read only the known report, which is rebuilt."""
+    if not job.rule_facts and not job.answered_by_cache:
         return "not kept with a job", NOT_KEPT
     absent = [f"{name}.{attr}" for name, attrs in REPORTS.items() if name != "cortexreport"
               for attr in sorted(attrs) if attr not in facts.get(name, {})]

@@ -36,6 +36,15 @@ class Job:
         return str(self.facts["identity"])
 
     @property
+    def answered_by_cache(self) -> bool:
+        """Decided by the verdict cache at the first rule. A job read back from its row has lost
+        ``further_analysis``: there, `known` with another result than unknown (it gives unknown, and goes
+        on, for a sample it does not know) says so."""
+        first = self.rules[0] if self.rules else None
+        return (first is not None and first.rule == "known"
+                and (not first.further_analysis or first.result != Result.unknown))
+
+    @property
     def finished(self) -> bool:
         return self.state == DONE
 

@@ -57,7 +57,7 @@ def job_from_row(row: Any) -> Job:
 
 def answered_by_cache(job: Job) -> bool:
     """Finished by the verdict cache at the first rule: an earlier job of its identity wrote the samples row."""
-    return bool(job.rules) and job.rules[0].rule == "known" and not job.rules[0].further_analysis
+    return job.answered_by_cache
 
 
 _SHARED: dict[RuleResult, RuleResult] = {}
