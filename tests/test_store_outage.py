@@ -5,9 +5,6 @@ with Retry-After, and once the server is back the store reconnects and loses not
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,40 +16,8 @@ from mailowl.analysis.sample import Sample
 from mailowl.results import Result, RuleResult
 from mailowl.store import Store, StoreError
 
-from .server import Server, free_port
-
-_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
-
-
-class PrivatePostgres:
-    """initdb'd under /tmp, on a port of its own, run as the postgres user (PostgreSQL refuses root)."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="mailowl-pg-"))
-        shutil.chown(self.dir, "postgres", "postgres")
-        self.data = self.dir / "data"
-        self.port = free_port()
-        self._as_postgres([str(_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                           "--no-sync"])
-        self.start()
-        self._as_postgres([str(_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                           "mailowl"])
-        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/mailowl"
-
-    def _as_postgres(self, args: list[str]) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        self._as_postgres([str(_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o",
-                           f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
-
-    def stop(self) -> None:
-        self._as_postgres([str(_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
-
-    def remove(self) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(_BIN / "pg_ctl"), "-D", str(self.data), "-m",
-                        "immediate", "-w", "stop"], capture_output=True, timeout=120)
-        shutil.rmtree(self.dir, ignore_errors=True)
+from .private_db import PrivatePostgres
+from .server import Server
 
 
 @pytest.fixture
