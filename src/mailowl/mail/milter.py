@@ -20,6 +20,7 @@ from kilter.protocol.buffer import SimpleBuffer
 
 from mailowl.core.service import AnalysisService
 from mailowl.mail.policy import Decision, Envelope, MailPolicy, decide
+from mailowl.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,12 @@ class _Session(asyncio.Protocol):
         try:
             decision = await decide(self.server.service, spool, self.envelope, self.server.policy, "milter")
             reply = self._answer(decision)
+        except StoreError as exc:
+            # the database is down or refused the commit: nothing was acknowledged, the MTA keeps the mail
+            # and retries; its peer is told the configured tempfail text, not the database's error
+            log.warning("milter: store unavailable, tempfailing: %s", exc)
+            reply = _frame(m.ReplyCode(f"451 4.7.1 {self.server.policy.tempfail_text}\x00".encode("utf-8",
+                                                                                               "replace")))
         except Exception as exc:  # never accept what we could not judge
             log.exception("milter: deciding failed")
             reply = _frame(m.ReplyCode(f"451 4.7.1 Temporary analysis error: {exc}\x00".encode()))
