@@ -43,6 +43,11 @@ def _git(*args: str) -> str:
                           timeout=120).stdout.strip()
 
 
+def _newest_migration_at(commit: str) -> str:
+    return max((name for name in _git("ls-tree", "--name-only", f"{commit}:{VERSIONS}").split()
+                if name.endswith(".py")), default="")
+
+
 def previous_version() -> str:
     """The commit of the previous version (see the module's docstring); skips without git history."""
     if shutil.which("git") is None:
@@ -54,13 +59,19 @@ def previous_version() -> str:
     wanted = os.environ.get("PREVIOUS_MAILOWL_COMMIT")
     if wanted:
         return _git("rev-parse", "--verify", f"{wanted}^{{commit}}")
-    if _git("status", "--porcelain", "--", VERSIONS):
-        return _git("rev-parse", "HEAD")
-    last = _git("log", "-1", "--format=%H", "--", VERSIONS)
-    try:
-        return _git("rev-parse", "--verify", f"{last}^")
-    except subprocess.CalledProcessError:
-        pytest.skip(f"the parent of {last[:10]} is not in this checkout (a shallow clone?): fetch the history")
+    newest = max(p.name for p in (REPO / VERSIONS).glob("*.py"))
+    # the newest commit without the working tree's newest migration: HEAD when it is not committed yet,
+    # else the parent of the commit that added it (later edits of migration files are passed over)
+    candidates = ["HEAD"] + [f"{c}^" for c in _git("log", "--format=%H", "--", VERSIONS).split()]
+    for candidate in candidates:
+        try:
+            commit = _git("rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}")
+        except subprocess.CalledProcessError:
+            shallow = _git("rev-parse", "--is-shallow-repository") == "true"
+            pytest.skip(f"{candidate} is not in this checkout{' (a shallow clone: fetch the history)' if shallow else ''}")
+        if _newest_migration_at(commit) != newest:
+            return commit
+    pytest.skip("every commit in this checkout has the newest migration")
 
 
 def _head(migrations: Path) -> str:
