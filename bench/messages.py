@@ -1,7 +1,11 @@
 """POST /v2/messages throughput: 16 keep-alive clients post the same 4 KB message with one attachment (its
 verdict cached) to a real `mailowl serve`; every answer must be a decision (200, action accept).
 
-usage: .venv/bin/python bench/messages.py [--messages 20000] [--clients 16] [--rounds 3]
+usage: .venv/bin/python bench/messages.py [--messages 20000] [--clients 16] [--rounds 3] [--against SRC]
+
+With ``--against SRC`` (the ``src`` folder of another checkout, e.g. a ``git worktree`` of the commit
+before a change) a second server runs that code, and the two are measured in alternating rounds in the
+same sitting, so load from elsewhere on the machine hits both alike.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -53,33 +58,57 @@ async def run_round(port: int, body: bytes, count: int, clients: int) -> dict[st
             "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2)}
 
 
+def _start(tmp: Path, body: bytes, src: str | None) -> Server:
+    env = {"PYTHONPATH": src} if src else None
+    owl = Server(tmp, env=env)
+    # prime the verdict cache with the very message the clients send
+    status, answer, _ = owl.request("POST", PATH + "&wait=60", body, {"Content-Type": "message/rfc822"})
+    assert status == 200 and answer["action"] == "accept", answer
+    return owl
+
+
+def _measure(owl: Server, body: bytes, count: int, clients: int) -> dict[str, object]:
+    cpu = _cpu_seconds(owl.proc.pid)
+    run = asyncio.run(run_round(owl.port, body, count, clients))
+    run["mailowl_cpu_ms_per_msg"] = round((_cpu_seconds(owl.proc.pid) - cpu) * 1000 / count, 3)
+    run["load_average"] = round(os.getloadavg()[0], 2)
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--against", metavar="SRC", help="also measure the code in SRC, alternating rounds")
     args = parser.parse_args()
-    report: dict[str, object] = {
-        **run_header(),
-    }
+    report: dict[str, object] = {**run_header()}
+    names = ["this", "against"] if args.against else ["this"]
+    servers: dict[str, Server] = {}
+    rounds: dict[str, list[dict[str, object]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         body = message_file(Path(tmp)).read_bytes()
         report["message_bytes"] = len(body)
-        owl = Server(Path(tmp) / "owl")
         try:
-            # prime the verdict cache with the very message the clients send
-            status, answer, _ = owl.request("POST", PATH + "&wait=60", body, {"Content-Type": "message/rfc822"})
-            assert status == 200 and answer["action"] == "accept", answer
-            rounds = []
-            for _ in range(args.rounds):
-                cpu = _cpu_seconds(owl.proc.pid)
-                run = asyncio.run(run_round(owl.port, body, args.messages, args.clients))
-                run["mailowl_cpu_ms_per_msg"] = round((_cpu_seconds(owl.proc.pid) - cpu) * 1000 / args.messages, 3)
-                rounds.append(run)
+            for name in names:
+                servers[name] = _start(Path(tmp) / name, body, args.against if name == "against" else None)
+            for index in range(args.rounds):
+                # alternate which goes first, so neither always follows the other's warm-up
+                for name in names if index % 2 == 0 else names[::-1]:
+                    rounds[name].append(_measure(servers[name], body, args.messages, args.clients))
         finally:
-            owl.stop()
-    report["rounds"] = rounds
-    report["median_msgs_per_s"] = statistics.median(float(r["msgs_per_s"]) for r in rounds)  # type: ignore[arg-type]
+            for owl in servers.values():
+                owl.stop()
+    for name in names:
+        runs = rounds[name]
+        key = "rounds" if name == "this" else "against_rounds"
+        report[key] = runs
+        report[f"median_msgs_per_s{'' if name == 'this' else '_against'}"] = statistics.median(
+            float(r["msgs_per_s"]) for r in runs)  # type: ignore[arg-type]
+        report[f"median_cpu_ms_per_msg{'' if name == 'this' else '_against'}"] = statistics.median(
+            float(r["mailowl_cpu_ms_per_msg"]) for r in runs)  # type: ignore[arg-type]
+    if args.against:
+        report["against"] = args.against
     print(json.dumps(report, indent=2))
 
 

@@ -30,7 +30,7 @@ class _CoalescingTransport:
         self._head: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        if self._head is None and data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n":
+        if self._head is None and data.startswith(b"HTTP/") and data.endswith(b"\r\n\r\n"):  # no slices
             self._head = data
             asyncio.get_running_loop().call_soon(self._flush)
             return

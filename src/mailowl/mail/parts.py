@@ -118,22 +118,17 @@ _SPOOL = 1 << 20
 _CHUNK = 1 << 20
 
 
-class _Walker:
-    def __init__(self, lines: Lines, limits: MailLimits, include_bodies: bool,
-                 on_part: Callable[[Part], None] | None) -> None:
-        self.lines = lines
+class _Parts:
+    """Where decoded leaves go: the part budget, text bodies, uuencoded blocks, TNEF (shared by the walker
+    and the fast path in mailowl.mail.simple)."""
+
+    def __init__(self, limits: MailLimits, include_bodies: bool, on_part: Callable[[Part], None] | None) -> None:
         self.limits = limits
         self.include_bodies = include_bodies
         self.on_part = on_part
         self.out = Extraction()
         self.count = 0
-        self.header_size = 0
-        #: the last leaf read, kept back until it is known whether its last line end belongs to a boundary
-        self.pending: _Leaf | None = None
-        #: the entity the feed parser would call "last": whose line end a boundary takes
-        self.last: Message | None = None
 
-    # limits -----------------------------------------------------------------------------------------------
     def add(self, part: Part) -> None:
         if self.count >= self.limits.max_parts:
             raise _Limit(f"more than {self.limits.max_parts} parts")
@@ -143,6 +138,37 @@ class _Walker:
         else:
             self.out.parts.append(part)
 
+    def emit(self, content: bytes, ctype: str, disposition: str | None, filename: str | None,
+             findings: list[str]) -> None:
+        """A decoded leaf: skipped if it is a body (but for uuencoded blocks in it), unpacked if TNEF."""
+        is_body = filename is None and disposition != "attachment" and ctype in ("text/plain", "text/html")
+        if is_body:
+            for uu in _uudecode(content):
+                self.add(uu)
+            if not self.include_bodies:
+                return
+        if ctype in _TNEF_TYPES or (filename or "").lower() == "winmail.dat":
+            members = _tnef(content, findings)
+            if members is not None:
+                for member in members:
+                    self.add(member)
+                return
+        self.add(Part(filename, ctype, disposition, content, findings))
+
+
+
+class _Walker(_Parts):
+    def __init__(self, lines: Lines, limits: MailLimits, include_bodies: bool,
+                 on_part: Callable[[Part], None] | None) -> None:
+        _Parts.__init__(self, limits, include_bodies, on_part)
+        self.lines = lines
+        self.header_size = 0
+        #: the last leaf read, kept back until it is known whether its last line end belongs to a boundary
+        self.pending: _Leaf | None = None
+        #: the entity the feed parser would call "last": whose line end a boundary takes
+        self.last: Message | None = None
+
+    # limits -----------------------------------------------------------------------------------------------
     def _stop(self, why: str) -> None:
         if not self.out.incomplete:
             self.out.findings.append(f"limit reached: {why}; remaining parts not extracted")
@@ -325,24 +351,6 @@ class _Walker:
             for offset in range(start, end, _CHUNK):
                 yield self.lines.read(offset, min(end, offset + _CHUNK))
 
-    def emit(self, content: bytes, ctype: str, disposition: str | None, filename: str | None,
-             findings: list[str]) -> None:
-        """A decoded leaf: skipped if it is a body (but for uuencoded blocks in it), unpacked if TNEF."""
-        is_body = filename is None and disposition != "attachment" and ctype in ("text/plain", "text/html")
-        if is_body:
-            for uu in _uudecode(content):
-                self.add(uu)
-            if not self.include_bodies:
-                return
-        if ctype in _TNEF_TYPES or (filename or "").lower() == "winmail.dat":
-            members = _tnef(content, findings)
-            if members is not None:
-                for member in members:
-                    self.add(member)
-                return
-        self.add(Part(filename, ctype, disposition, content, findings))
-
-
 def _header_message(block: list[bytes]) -> Message:
     """A message holding these header lines, as email's feed parser builds it (without its overhead)."""
     msg: Message = _POLICY.message_factory(policy=_POLICY)  # type: ignore[misc]
@@ -389,12 +397,16 @@ class _Budgeted:
         self.spool.write(data)
 
 
-def _header(msg: Message, name: str) -> tuple[str | None, dict[str, Any]]:
-    """(value, parameters) of a MIME header, each header parsed once; parameters are RFC 2231-decoded."""
+def _header(msg: Message, name: str) -> Any:
+    """The parsed header, or None if it is missing or cannot be parsed."""
     try:
-        header: Any = msg.get(name)
+        return msg.get(name)
     except Exception:
-        return None, {}
+        return None
+
+
+def _value_params(header: Any) -> tuple[str | None, dict[str, Any]]:
+    """(value, parameters) of a parsed MIME header; parameters are RFC 2231-decoded."""
     if header is None:
         return None, {}
     value = getattr(header, "content_type", None) or getattr(header, "content_disposition", None)
@@ -407,10 +419,16 @@ def _header(msg: Message, name: str) -> tuple[str | None, dict[str, Any]]:
 
 def _describe(msg: Message) -> tuple[str, str | None, str | None]:
     """(content type, disposition, filename) of a leaf part."""
-    ctype, ctype_params = _header(msg, "content-type")
+    return describe(_header(msg, "content-type"), _header(msg, "content-disposition"), msg.get_default_type())
+
+
+def describe(ctype_header: Any, disposition_header: Any, default_type: str) -> tuple[str, str | None, str | None]:
+    """(content type, disposition, filename) of a leaf part from its parsed Content-Type and
+    Content-Disposition headers (None when missing)."""
+    ctype, ctype_params = _value_params(ctype_header)
     if ctype is None or "/" not in ctype:
-        ctype = "text/plain" if msg.get_default_type() == "text/plain" else msg.get_default_type()
-    disposition, disp_params = _header(msg, "content-disposition")
+        ctype = default_type
+    disposition, disp_params = _value_params(disposition_header)
     return ctype, disposition, _filename(disp_params.get("filename") or ctype_params.get("name"))
 
 
@@ -477,8 +495,21 @@ def extract(message: bytes | IO[bytes], limits: MailLimits | None = None, includ
             on_part: Callable[[Part], None] | None = None) -> Extraction:
     """The parts of a message (bytes, or a seekable binary file) in the order found; never raises for bad
     input. With ``on_part``, each part is handed over as it is found instead of being collected."""
+    limits = limits or MailLimits()
+    if isinstance(message, bytes) and on_part is None:
+        from mailowl.mail.simple import simple_extract  # it builds on this module
+
+        simple = simple_extract(message, limits, include_bodies)
+        if simple is not None:
+            return simple
+    return walk(message, limits, include_bodies, on_part)
+
+
+def walk(message: bytes | IO[bytes], limits: MailLimits, include_bodies: bool = False,
+         on_part: Callable[[Part], None] | None = None) -> Extraction:
+    """extract() by the line-by-line walker alone, for any message (the reference for the fast path)."""
     source = io.BytesIO(message) if isinstance(message, bytes) else message
-    walker = _Walker(Lines(source), limits or MailLimits(), include_bodies, on_part)
+    walker = _Walker(Lines(source), limits, include_bodies, on_part)
     try:
         walker.entity(0, "text/plain")
         walker.flush(strip=False)

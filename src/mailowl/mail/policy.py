@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import email.errors
 import email.header
-import secrets
+import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -76,7 +77,23 @@ class Decision:
 
 
 def new_support_id() -> str:
-    return f"mo-{secrets.token_hex(6)}"
+    """``mo-`` and 12 random hex digits, from the system's random source read in batches (one read per
+    message was a system call each)."""
+    global _random_at
+    if _random_at >= len(_random):
+        _refill()
+    _random_at += 6
+    return f"mo-{_random[_random_at - 6:_random_at].hex()}"
+
+
+def _refill() -> None:
+    global _random, _random_at
+    _random, _random_at = os.urandom(6 * 512), 0
+
+
+_random, _random_at = b"", 0
+# a forked child must not hand out the ids its parent still holds
+os.register_at_fork(after_in_child=lambda: globals().update(_random=b"", _random_at=0))
 
 
 def _worst(jobs: list[Job]) -> tuple[str, list[Job]]:
@@ -167,11 +184,18 @@ def _record(service: AnalysisService, decision: Decision, raw: bytes, size: int,
         findings=extraction.findings if extraction else []))
 
 
+#: where the message's own header block ends: the first line that is empty but for CRs
+_BLANK_LINE = re.compile(rb"(?:\A|\n)\r*(?:\n|\Z)")
+
+
 def _top_headers(head: bytes, names: tuple[bytes, ...]) -> dict[bytes, str]:
     """The first of each named header of the message's own header block, unfolded; a cheap scan of the
     first bytes, not a parse (the record only shows them)."""
     found: dict[bytes, str] = {}
     current: bytes | None = None
+    end = _BLANK_LINE.search(head)  # only the header block is split into lines, not the whole head
+    if end is not None:
+        head = head[:end.start()]
     for line in head.split(b"\n"):
         line = line.rstrip(b"\r")
         if not line:
