@@ -56,17 +56,18 @@ class Base64:
         if self.done:
             return
         kept = data.translate(None, _NOT_B64)
-        if len(kept) != len(data.translate(None, b"\r\n")):
+        if len(kept) != len(data) - data.count(b"\r") - data.count(b"\n"):  # counting copies nothing
             self.skipped = True
         while kept:
             pad = kept.find(b"=")
             run = kept if pad < 0 else kept[:pad]
             if run:
                 self.pads = 0
-                run = self.group + run
+                if self.group:
+                    run = self.group + run
                 cut = len(run) - len(run) % 4
                 if cut:
-                    self.out.write(binascii.a2b_base64(run[:cut]))
+                    self.out.write(binascii.a2b_base64(run if cut == len(run) else run[:cut]))
                 self.group = run[cut:]
             if pad < 0:
                 return
