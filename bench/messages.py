@@ -2,6 +2,7 @@
 verdict cached) to a real `mailowl serve`; every answer must be a decision (200, action accept).
 
 usage: .venv/bin/python bench/messages.py [--messages 20000] [--clients 16] [--rounds 3] [--against SRC]
+                                         [--unique-boundaries]
 
 Run it with ``PYTHONPATH=<checkout>/src`` to measure that checkout's code. With ``--against SRC`` (the
 ``src`` folder of another checkout, e.g. a ``git worktree`` of the commit
@@ -31,13 +32,16 @@ from tests.server import Server  # noqa: E402
 PATH = "/v2/messages?from=bench%40example.org&rcpt=sink%40example.net&ip=127.0.0.1"
 
 
-async def _client(port: int, body: bytes, todo: list[int], latencies: list[float], bad: dict[str, int]) -> None:
+async def _client(port: int, body: bytes, todo: list[int], latencies: list[float], bad: dict[str, int],
+                  unique: bool) -> None:
     conn = Connection("127.0.0.1", port)
     try:
         while todo:
-            todo.pop()
+            number = todo.pop()
+            # as in real mail, each message its own MIME boundary (the attachment, and so its verdict, the same)
+            message = body.replace(b"XyZ", b"=_%012d" % number) if unique else body
             started = time.perf_counter()
-            status, data = await conn.request("POST", PATH, body, "message/rfc822")
+            status, data = await conn.request("POST", PATH, message, "message/rfc822")
             latencies.append(time.perf_counter() - started)
             action = json.loads(data).get("action") if status == 200 else f"http {status}"
             if action != "accept":
@@ -46,12 +50,12 @@ async def _client(port: int, body: bytes, todo: list[int], latencies: list[float
         conn.close()
 
 
-async def run_round(port: int, body: bytes, count: int, clients: int) -> dict[str, object]:
+async def run_round(port: int, body: bytes, count: int, clients: int, unique: bool = False) -> dict[str, object]:
     todo = list(range(count))
     latencies: list[float] = []
     bad: dict[str, int] = {}
     started = time.perf_counter()
-    await asyncio.gather(*(_client(port, body, todo, latencies, bad) for _ in range(clients)))
+    await asyncio.gather(*(_client(port, body, todo, latencies, bad, unique) for _ in range(clients)))
     seconds = time.perf_counter() - started
     lat = sorted(latencies)
     return {"messages": count, "seconds": round(seconds, 2), "msgs_per_s": round(count / seconds, 1),
@@ -68,9 +72,9 @@ def _start(tmp: Path, body: bytes, src: str | None) -> Server:
     return owl
 
 
-def _measure(owl: Server, body: bytes, count: int, clients: int) -> dict[str, object]:
+def _measure(owl: Server, body: bytes, count: int, clients: int, unique: bool) -> dict[str, object]:
     cpu, client = _cpu_seconds(owl.proc.pid), time.process_time()
-    run = asyncio.run(run_round(owl.port, body, count, clients))
+    run = asyncio.run(run_round(owl.port, body, count, clients, unique))
     run["mailowl_cpu_ms_per_msg"] = round((_cpu_seconds(owl.proc.pid) - cpu) * 1000 / count, 3)
     # the clients share the machine's two cores with mailowl: what they take is not mailowl's to have
     run["client_cpu_ms_per_msg"] = round((time.process_time() - client) * 1000 / count, 3)
@@ -84,6 +88,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--against", metavar="SRC", help="also measure the code in SRC, alternating rounds")
+    parser.add_argument("--unique-boundaries", action="store_true",
+                        help="give every message its own MIME boundary, as real mail has")
     args = parser.parse_args()
     report: dict[str, object] = {**run_header()}
     names = ["this", "against"] if args.against else ["this"]
@@ -98,7 +104,8 @@ def main() -> None:
             for index in range(args.rounds):
                 # alternate which goes first, so neither always follows the other's warm-up
                 for name in names if index % 2 == 0 else names[::-1]:
-                    rounds[name].append(_measure(servers[name], body, args.messages, args.clients))
+                    rounds[name].append(_measure(servers[name], body, args.messages, args.clients,
+                                                 args.unique_boundaries))
         finally:
             for owl in servers.values():
                 owl.stop()

@@ -187,3 +187,67 @@ def test_the_generated_tidy_messages_mostly_take_the_fast_path() -> None:
 
     run()
     assert sum(taken) > len(taken) // 4, (sum(taken), len(taken))  # 74 of 200 with this fixed seed
+
+
+# header values of the plainest form: their meaning without email's header parser --------------------------
+_VALUE_PIECES = st.sampled_from(["multipart/mixed", "Multipart/Alternative", "application/pdf", "TEXT/plain",
+                                 "attachment", "Inline", "bogus", "a/b/c", "x-y.z+w/v_1", "; ", ";", ";\t", " ",
+                                 "boundary=", "Boundary=", "name=", "filename=", "charset=", "name*=", "size=",
+                                 '"', "'", "(", ")", "=", "?", "=?utf-8?q?x?=", "----=_Part_1", "a b", "abc.def-1",
+                                 "report.pdf", "<b>", "\\", "é", ",", ":", "/", "*"])
+
+
+_WS = st.sampled_from(["", "", " ", "\t", "  ", " \t"])
+
+
+@st.composite
+def header_values(draw: st.DrawFn) -> str:
+    """Values mostly of the plain form (type, parameters, quoted or not), sometimes with a piece that is not."""
+    main = draw(st.sampled_from(["multipart/mixed", "Multipart/Alternative", "application/pdf", "TEXT/plain",
+                                 "attachment", "Inline", "bogus", "x-y.z+w/v_1", "a/b/c"]))
+    out = [draw(_WS), main]
+    for _ in range(draw(st.integers(0, 4))):
+        name = draw(st.sampled_from(["boundary", "Boundary", "name", "filename", "FileName", "charset", "size",
+                                     "x-a1"]))
+        text = draw(st.lists(st.sampled_from(["a", "Z", "0", ".", "-", "_", " ", "=", "?", "(", ")", "'", ",",
+                                              "/", ":", "+", "----=_Part_1", "report.pdf"]), max_size=6).map("".join))
+        quoted = draw(st.booleans()) or not text
+        out += [draw(_WS), ";", draw(_WS), name, "=", f'"{text}"' if quoted else text]
+    out.append(draw(_WS))
+    if draw(st.integers(0, 4)) == 0:  # something outside the plain form somewhere
+        spot = draw(st.integers(0, len(out)))
+        out.insert(spot, draw(_VALUE_PIECES))
+    return "".join(out)
+
+
+@given(header_values())
+@settings(max_examples=3000, deadline=None)
+def test_plain_header_values_mean_what_email_makes_of_them(value: str) -> None:
+    from mailowl.mail.parts import _POLICY, _value_params
+    from mailowl.mail.simple import _plain
+
+    plain = _plain(value)
+    if plain is None:
+        return
+    main, params = plain
+    if "/" in main:
+        header = _POLICY.header_fetch_parse("Content-Type", value)
+        msg = _POLICY.message_factory(policy=_POLICY)
+        msg.set_raw("Content-Type", value)
+        assert msg.get_content_type() == main
+        assert _value_params(header) == (main, params)
+        boundary = params.get("boundary")
+        assert msg.get_boundary() == (None if boundary is None else boundary.rstrip())
+    else:
+        header = _POLICY.header_fetch_parse("Content-Disposition", value)
+        assert _value_params(header) == (main, params)
+
+
+@given(st.text(alphabet="aB64-_ \t8bitx", max_size=12))
+@settings(max_examples=500, deadline=None)
+def test_plain_transfer_encodings_mean_what_email_makes_of_them(value: str) -> None:
+    from mailowl.mail.parts import _POLICY
+    from mailowl.mail.simple import _CTE
+
+    if _CTE.fullmatch(value):
+        assert str(_POLICY.header_fetch_parse("Content-Transfer-Encoding", value)).lower() == value.lower()

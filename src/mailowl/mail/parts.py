@@ -425,11 +425,16 @@ def _describe(msg: Message) -> tuple[str, str | None, str | None]:
 def describe(ctype_header: Any, disposition_header: Any, default_type: str) -> tuple[str, str | None, str | None]:
     """(content type, disposition, filename) of a leaf part from its parsed Content-Type and
     Content-Disposition headers (None when missing)."""
-    ctype, ctype_params = _value_params(ctype_header)
+    return described(_value_params(ctype_header), _value_params(disposition_header), default_type)
+
+
+def described(content_type: tuple[str | None, dict[str, Any]], disposition: tuple[str | None, dict[str, Any]],
+              default_type: str) -> tuple[str, str | None, str | None]:
+    """describe() from the (value, parameters) of the two headers."""
+    ctype, ctype_params = content_type
     if ctype is None or "/" not in ctype:
         ctype = default_type
-    disposition, disp_params = _value_params(disposition_header)
-    return ctype, disposition, _filename(disp_params.get("filename") or ctype_params.get("name"))
+    return ctype, disposition[0], _filename(disposition[1].get("filename") or ctype_params.get("name"))
 
 
 def _filename(name: Any) -> str | None:

@@ -19,18 +19,27 @@ on generated messages and on every sample message).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from email.message import Message
 from typing import Any
 
 from mailowl.mail.decode import Identity, decoder
-from mailowl.mail.parts import _CHUNK, _POLICY, Extraction, MailLimits, _Parts, describe
+from mailowl.mail.parts import _CHUNK, _POLICY, Extraction, MailLimits, _Parts, _value_params, described
 
 #: a header block: field lines, each optionally followed by continuation lines; nothing else
 _BLOCK = re.compile(rb"[\041-\071\073-\176]+:[^\n]*\n(?:(?:[\041-\071\073-\176]+:|[ \t])[^\n]*\n)*")
 #: the fields that decide how a part is walked and named, each with its continuation lines
 _MIME = re.compile(rb"(?<![^\n])(content-(?:type|disposition|transfer-encoding)):[^\n]*\n(?:[ \t][^\n]*\n)*",
                    re.IGNORECASE)
-_boundaries: dict[tuple[bytes, bytes], re.Pattern[bytes]] = {}
+#: header values of the plainest form, whose parsing by ``email`` is known in advance (_plain)
+_PLAIN = re.compile(r"[ \t]*([A-Za-z0-9][A-Za-z0-9.+_-]*(?:/[A-Za-z0-9][A-Za-z0-9.+_-]*)?)"
+                    r"(?:[ \t]*;[ \t]*[A-Za-z0-9-]+=(?:[A-Za-z0-9._-]+|\"[A-Za-z0-9'()+_,./:=? -]*\"))*[ \t]*")
+_PARAM = re.compile(r";[ \t]*([A-Za-z0-9-]+)=(?:([A-Za-z0-9._-]+)|\"([^\"]*)\")")
+_CTE = re.compile(r"[A-Za-z0-9-]+")
+#: what may follow the separator on a boundary line, by line end
+_TAILS = {eol: re.compile(b"(--)?[ \t]*(?:" + eol + b"|\\Z)") for eol in (b"\n", b"\r\n")}
+#: separators found inside lines before the walker is left to it
+_MAX_MISSES = 64
 
 
 class _NotSimple(Exception):
@@ -75,21 +84,25 @@ def _entity(raw: bytes, start: int, end: int, depth: int, default: str, eol: byt
         if cut < 0 or _BLOCK.fullmatch(raw, start, cut + len(eol)) is None:
             raise _NotSimple
         body, fields = cut + 2 * len(eol), _fields(raw, start, cut + len(eol))
-    ctype_header = _fetch(fields, b"content-type")
-    # Message.get_content_type, which the walker asks to choose the way
-    ctype = default
-    if ctype_header is not None:
-        ctype = str(ctype_header).partition(";")[0].strip().lower()
+    field = fields.get(b"content-type")
+    plain = None if field is None else _plain(field[1])
+    if field is None:
+        ctype, header = default, None
+    elif plain is not None and "/" in plain[0]:
+        ctype, header = plain[0], None
+    else:  # Message.get_content_type, which the walker asks to choose the way
+        plain, header = None, _POLICY.header_fetch_parse(*field)
+        ctype = str(header).partition(";")[0].strip().lower()
         if ctype.count("/") != 1:
             ctype = "text/plain"
     if ctype.startswith("multipart/"):
-        _multipart(raw, fields, ctype, body, end, depth, eol, parts)
+        _multipart(raw, field, plain, ctype, body, end, depth, eol, parts)
     elif ctype.startswith("message/"):
         raise _NotSimple
     else:
         if strip and end > body:
             end -= len(eol)
-        _leaf(raw[body:end], fields, ctype_header, default, parts)
+        _leaf(raw[body:end], fields, plain or _value_params(header), default, parts)
 
 
 def _fields(raw: bytes, start: int, end: int) -> dict[bytes, tuple[str, str]]:
@@ -102,57 +115,89 @@ def _fields(raw: bytes, start: int, end: int) -> dict[bytes, tuple[str, str]]:
     return fields
 
 
-def _fetch(fields: dict[bytes, tuple[str, str]], key: bytes) -> Any:
-    """What ``Message.get`` answers for the field: the parsed header, or None."""
-    field = fields.get(key)
-    return None if field is None else _POLICY.header_fetch_parse(*field)
+def _plain(value: str) -> tuple[str, dict[str, str]] | None:
+    """(value, parameters) as ``email`` parses them, lowercased and unquoted, for a header value of the
+    plainest form (``type/sub; name=token; name="quoted"``, ASCII, each parameter once); else None.
+    ``email``'s header parser costs far more than the rest of taking a small message apart, and every
+    message has a Content-Type of its own (its boundary)."""
+    value = value.replace("\r", "").replace("\n", "")  # as header_fetch_parse does
+    match = _PLAIN.fullmatch(value)
+    if match is None or "=?" in value:  # no encoded-words either
+        return None
+    params: dict[str, str] = {}
+    for param in _PARAM.finditer(value, match.end(1)):
+        name = param.group(1).lower()
+        if name in params:
+            return None
+        token = param.group(2)
+        params[name] = param.group(3) if token is None else token
+    return match.group(1).lower(), params
 
 
-def _multipart(raw: bytes, fields: dict[bytes, tuple[str, str]], ctype: str, body: int, end: int, depth: int,
-               eol: bytes, parts: _Parts) -> None:
-    # the walker's way to the boundary (email's older parameter parser), on a message of just this field
-    msg: Message = _POLICY.message_factory(policy=_POLICY)  # type: ignore[misc]
-    msg.set_raw(*fields[b"content-type"])
-    boundary = msg.get_boundary()
+def _multipart(raw: bytes, field: Any, plain: tuple[str, dict[str, str]] | None, ctype: str, body: int, end: int,
+               depth: int, eol: bytes, parts: _Parts) -> None:
+    if plain is not None:
+        boundary = plain[1].get("boundary")
+        boundary = None if boundary is None else boundary.rstrip()
+    else:  # the walker's way (email's older parameter parser), on a message of just this field
+        msg: Message = _POLICY.message_factory(policy=_POLICY)  # type: ignore[misc]
+        msg.set_raw(*field)
+        boundary = msg.get_boundary()
     if boundary is None:
         raise _NotSimple
     separator = b"--" + boundary.encode("ascii", "surrogateescape")
     default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
     part_start = -1
-    for line in _boundary_lines(separator, eol).finditer(raw, body, end):
+    for line_start, line_end, closing in _boundary_lines(raw, separator, eol, body, end):
         if part_start < 0:  # the first boundary line ends the preamble; a closing one there is a defect
-            if line.group(1) is not None:
+            if closing:
                 raise _NotSimple
         else:
             # a boundary line right after another: the walker skips repeated ones (or a close among them)
-            if line.start() == part_start or depth >= parts.limits.max_depth:
+            if line_start == part_start or depth >= parts.limits.max_depth:
                 raise _NotSimple
-            _entity(raw, part_start, line.start(), depth + 1, default, eol, parts, True)
-            if line.group(1) is not None:
+            _entity(raw, part_start, line_start, depth + 1, default, eol, parts, True)
+            if closing:
                 return  # closed; the epilogue is not looked at
-        part_start = line.end()
+        part_start = line_end
     raise _NotSimple  # no first or no closing boundary line
 
 
-def _boundary_lines(separator: bytes, eol: bytes) -> re.Pattern[bytes]:
-    """Lines the walker takes for this boundary: the separator, optionally ``--`` (closing), blanks."""
-    key = (separator, eol)
-    pattern = _boundaries.get(key)
-    if pattern is None:
-        if len(_boundaries) > 256:
-            _boundaries.clear()
-        # the separator first, so the search is a fast literal one; then: at the start of a line
-        escaped = re.escape(separator)
-        pattern = _boundaries[key] = re.compile(
-            escaped + b"(?<![^\n]" + escaped + b")(--)?[ \t]*(?:" + re.escape(eol) + b"|\\Z)")
-    return pattern
+def _boundary_lines(raw: bytes, separator: bytes, eol: bytes, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+    """(start, end, closing) of the lines in raw[start:end] the walker takes for this boundary: at the start
+    of a line, the separator, optionally ``--`` (closing), blanks. A literal search, no regular expression
+    per boundary: every message has a boundary of its own, and compiling one costs more than the rest."""
+    tail = _TAILS[eol]
+    misses = 0
+    at = raw.find(separator, start, end)
+    while at >= 0:
+        if at == 0 or raw[at - 1] == 0x0A:
+            line = tail.match(raw, at + len(separator), end)
+            if line is not None:
+                yield at, line.end(), line.group(1) is not None
+        else:
+            misses += 1
+            if misses > _MAX_MISSES:  # the separator all over the lines: the walker's regular expression
+                raise _NotSimple
+        at = raw.find(separator, at + 1, end)
 
 
-def _leaf(content: bytes, fields: dict[bytes, tuple[str, str]], ctype_header: Any, default: str,
-          parts: _Parts) -> None:
-    ctype, disposition, filename = describe(ctype_header, _fetch(fields, b"content-disposition"), default)
-    cte_header = _fetch(fields, b"content-transfer-encoding")
-    cte = "" if cte_header is None else str(cte_header).lower()
+def _leaf(content: bytes, fields: dict[bytes, tuple[str, str]], content_type: tuple[str | None, dict[str, Any]],
+          default: str, parts: _Parts) -> None:
+    field = fields.get(b"content-disposition")
+    plain = None if field is None else _plain(field[1])
+    if plain is None or "/" in plain[0]:
+        disposition = _value_params(None if field is None else _POLICY.header_fetch_parse(*field))
+    else:
+        disposition = plain
+    ctype, disp, filename = described(content_type, disposition, default)
+    field = fields.get(b"content-transfer-encoding")
+    if field is None:
+        cte = ""
+    elif _CTE.fullmatch(field[1]):
+        cte = field[1].lower()
+    else:
+        cte = str(_POLICY.header_fetch_parse(*field)).lower()
     findings: list[str] = []
     chunks = _Chunks()
     work = decoder(cte, chunks)
@@ -172,4 +217,4 @@ def _leaf(content: bytes, fields: dict[bytes, tuple[str, str]], ctype_header: An
     if out.size + len(data) > parts.limits.max_total_size:
         raise _NotSimple  # the walker stops here with its finding
     out.size += len(data)
-    parts.emit(data, ctype, disposition, filename, findings)
+    parts.emit(data, ctype, disp, filename, findings)
