@@ -117,6 +117,9 @@ async def decide(service: AnalysisService, message: bytes | IO[bytes], envelope:
         size = message.seek(0, 2)
         message.seek(0)
         raw = message.read(65536)
+        if size <= _INLINE_PARSE:
+            # a small spool (the milter's) read whole: extract takes its fast path for bytes
+            message = raw if size <= len(raw) else raw + message.read()
     if size <= _INLINE_PARSE:
         extraction = extract(message, policy.limits, policy.include_bodies)
     else:
