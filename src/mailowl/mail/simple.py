@@ -5,9 +5,10 @@ Most messages an MTA hook posts are small and tidy: one kind of line end through
 those the line-by-line walker in parts.py does much work that cannot change the result: it reads every
 line through the ``Lines`` reader, builds an ``email`` message from every header line, checks every
 line against every enclosing boundary and decodes through spooled files. Here the same result comes from
-slicing the message: boundary lines are found by one regular expression per multipart, a header block is
-checked by one regular expression, and only its Content-* fields become an ``email`` message, so each
-part's type, boundary, filename and encoding come from the very ``email`` calls the walker makes.
+slicing the message: boundary lines are found by a literal search, a header block is checked by one
+regular expression, and only its Content-* fields are looked at. A value of the plainest form
+(``type/sub; name=token; name="quoted"``) is read directly, as ``email`` would read it (property-tested);
+any other goes through the very ``email`` calls the walker makes.
 
 Anything outside that shape (a bare CR or LF among CRLF, a non-header line in a header block, a
 message/* part, a missing or repeated boundary line, a limit that would be reached, ...) returns None
