@@ -31,12 +31,12 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, tmp: Path, config: str = "", ruleset: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, options: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "mailowl.toml").write_text(config)
-        args = [sys.executable, "-m", "mailowl.cli", "serve", "--config", str(tmp / "mailowl.toml"),
+        args = [sys.executable, "-m", "mailowl.cli", *options, "serve", "--config", str(tmp / "mailowl.toml"),
                 "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(tmp / "data")]
         if ruleset:
             args += ["--ruleset", ruleset]

@@ -63,7 +63,16 @@ async def test_a_verdict_stored_by_another_instance_is_known_at_once(store_url: 
         assert report.known and report.worst() == (Result.bad, "evil")
         never = Sample(b"nobody has seen this").identity
         assert not (await here.journal(never)).known
-        assert here.journal_now(never) is not None  # the answer is remembered
+        if not here.cluster:
+            assert here.journal_now(never) is not None  # one process on SQLite: the answer is remembered
+            return
+        # several instances may share MariaDB / PostgreSQL: "never seen" is never remembered, so a verdict
+        # the other instance reaches afterwards is used here at once
+        assert here.journal_now(never) is None
+        later = await there.new_job(Sample(b"nobody has seen this").facts())
+        finish(there, later, Result.good, "fine")
+        await there.flush()
+        assert (await here.journal(never)).last_result == Result.good
     finally:
         await here.close()
         await there.close()

@@ -102,6 +102,9 @@ class StoreConfig(_Section):
     purge_min_age: Duration = 3600
     #: SQLite in WAL mode: "normal" survives a killed process, "full" also a power cut (an fsync per commit)
     sqlite_synchronous: Literal["normal", "full"] = "normal"
+    #: MariaDB / PostgreSQL (several instances may share the database): seconds without a heartbeat after
+    #: which an instance's work is taken over by another (it heartbeats every fifth of this)
+    lease: Annotated[int, BeforeValidator(parse_duration), Field(ge=2, le=3600)] = 15
 
     @field_validator("url")
     @classmethod

@@ -31,7 +31,8 @@ log = logging.getLogger("mailowl")
 def build_service(config: Config, engine: Engine | None = None) -> AnalysisService:
     engine = engine or engine_for(config)
     store = Store(config.store_url, max_age=config.store.max_age, memory_jobs=config.store.memory_jobs,
-                  purge_min_age=config.store.purge_min_age, sqlite_synchronous=config.store.sqlite_synchronous)
+                  purge_min_age=config.store.purge_min_age, sqlite_synchronous=config.store.sqlite_synchronous,
+                  lease=config.store.lease)
     log = VerdictLog.from_config(config.log)
     return AnalysisService(engine, store, queue_size=config.queue.size, workers=config.queue.workers,
                            verdict_log=log, timeout=config.analysis.timeout,

@@ -180,7 +180,7 @@ class Api:
         except BadId as exc:
             # PeekabooAV's text for 0; a clear one for the rest, which PeekabooAV answered with 404
             return 400, {"message": "job ID missing from request" if exc.zero else exc.message}
-        job = await self.service.store.get_job(job_id)
+        job = await self.service.get_job(job_id)
         if job is not None and not job.finished and self.report_wait:
             # answering when the verdict is ready, rather than 404 now, saves v1 clients a round of polling
             await job.wait(self.report_wait)
@@ -210,7 +210,7 @@ class Api:
             return error(400, "wait must be a number of seconds")
         if not 0 <= wait <= MAX_WAIT:
             return error(400, f"wait must be between 0 and {MAX_WAIT:g} seconds")
-        job = await self.service.store.get_job(job_id)
+        job = await self.service.get_job(job_id)
         if job is None:
             return error(404, f"No job {job_id}")
         await job.wait(wait)
@@ -226,7 +226,7 @@ class Api:
             return error(404, f"No message with support id {support_id}")
         parts = []
         for part in record.parts:
-            job = await self.service.store.get_job(part["job_id"]) if part.get("job_id") else None
+            job = await self.service.get_job(part["job_id"]) if part.get("job_id") else None
             parts.append({**part, "job": job.as_dict() if job is not None else None})
         return JSON({**record.as_dict(), "created_at": record.created_at.isoformat(), "parts": parts})
 

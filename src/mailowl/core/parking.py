@@ -142,7 +142,7 @@ class Parking:
             row = await self.store.parked.add(sample.identity, ids, analyzer, data_type, _utc(now),
                                               _utc(now + self.settings.maximum_job_age), sample.filename,
                                               sample.type_declared, sample.content_disposition, reports,
-                                              sample.content)
+                                              sample.content, self.store.run)
         except Exception as exc:
             log.error("sample %s could not be parked for Cortex: %s", sample.sha256, exc)
             self.fail(key, f"Cortex analysis not started: the sample could not be parked in the store: {exc}")
@@ -161,11 +161,13 @@ class Parking:
         del sample, jobs  # nothing of the sample stays in memory while Cortex works: it is in the store
         await self._follow(entry, failure)
 
-    async def resume_all(self, jobs_by_id: Callable[[int], Any]) -> list[tuple[str, list[Job]]]:
-        """After a restart: track every parked row again. Returns (key, jobs) of each, for the service's
-        in-flight table; rows whose jobs are all gone are dropped."""
+    async def resume_all(self, jobs_by_id: Callable[[int], Any],
+                         ids: list[int] | None = None) -> list[tuple[str, list[Job]]]:
+        """After a restart: track every parked row again (in cluster mode: those of ``ids``, which this
+        instance has claimed). Returns (key, jobs) of each, for the service's in-flight table; rows whose
+        jobs are all gone are dropped."""
         resumed = []
-        for row in await self.store.parked.all_rows():
+        for row in await self.store.parked.all_rows(ids):
             jobs = [job for job in [await jobs_by_id(i) for i in row.job_ids] if job is not None and not job.finished]
             if not jobs:
                 await self.store.parked.remove(row.id)

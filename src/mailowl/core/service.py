@@ -8,10 +8,12 @@ verdict. A sample whose verdict is cached and decided by the first rule (`known`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +22,7 @@ from mailowl.analysis import activity
 from mailowl.analysis.cortex import NeedsRemote
 from mailowl.analysis.filetype import FileReport
 from mailowl.analysis.sample import Sample
+from mailowl.core.cluster import Cluster, sample_of
 from mailowl.core.parking import Parking
 from mailowl.core.workers import Worker, WorkerDied, WorkerTimeout, analyser_in, needs_isolation
 from mailowl.logs.verdicts import VerdictLog
@@ -28,6 +31,8 @@ from mailowl.rules.context import JournalLookup
 from mailowl.rules.engine import Engine, Verdict, Wire
 from mailowl.store import Job, Store, StoreError
 from mailowl.store.journal import KnownReport
+from mailowl.store.rows import verdict_values
+from mailowl.store.work import Claim, Finish, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,9 @@ class AnalysisService:
         self._keys: dict[int, str] = {}
         #: samples waiting for Cortex (None: Cortex is not configured)
         self.parking: Parking | None = None
+        #: cluster mode (MariaDB, PostgreSQL): keys whose work row this instance owns -> the forced job's id
+        self.cluster: Cluster | None = None
+        self._claimed: dict[str, tuple[str, int | None]] = {}
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -95,8 +103,15 @@ class AnalysisService:
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         if self.engine.resources.cortex is not None:
             self.parking = Parking(self.engine.resources.cortex, self.store, self._unparked, self._park_failed)
-            for key, jobs in await self.parking.resume_all(self.store.get_job):
-                self._in_flight.setdefault(key, []).extend(jobs)
+            if not self.store.cluster:
+                for key, jobs in await self.parking.resume_all(self.store.get_job):
+                    self._in_flight.setdefault(key, []).extend(jobs)
+        if self.store.cluster:
+            self.cluster = Cluster(self.store, self._adopt, self._resume_parked,
+                                   lambda: self.queue_size - self.pending, self._finished_elsewhere)
+            await self.cluster.start()
+            if self.parking is not None:
+                await self._resume_parked(await self.store.work.take_over_parked())
 
     def _spawn(self, worker: Worker) -> threading.Thread:
         thread = threading.Thread(target=self._thread, args=(worker,), name=worker.name, daemon=True)
@@ -158,12 +173,20 @@ class AnalysisService:
         now = datetime.now(UTC)
         for key in list(self._in_flight):  # their cache lookup was still running: no facts beyond the light ones
             self.pending -= 1
+            if self.cluster is not None and key in self._claimed:
+                del self._in_flight[key]  # left pending: its work row is taken over
+                continue
             for job in self._in_flight.pop(key):
                 job.finish(interrupted.result, interrupted.reason, [], now)
                 self.store.job_finished(job)
         metrics.QUEUE_DEPTH.set(self.pending)
         self._keys.clear()
         self._threads, self._workers = [], []
+        if self.cluster is not None:  # what this instance still owns goes to the others (or the next start)
+            self._claimed.clear()
+            await self.store.flush()
+            await self.cluster.stop()
+            self.cluster = None
 
     async def submit(self, sample: Sample, force: bool = False, origin: str = "rest") -> Job:
         """Queue a sample and return its job once the job's row is committed, so its id survives a crash.
@@ -172,6 +195,8 @@ class AnalysisService:
         if self.pending >= self.queue_size:
             metrics.REJECTED.inc()
             raise QueueFull()
+        if self.cluster is not None:
+            return await self._submit_shared(sample, force, origin)
         job = self.store.add_job(sample.facts(light=True))
         job.origin = origin
         identity = sample.identity
@@ -205,6 +230,14 @@ class AnalysisService:
         await self.store.committed(job)
         return job
 
+    async def get_job(self, job_id: int) -> Job | None:
+        """The job, or None if it never existed or was purged. In cluster mode a pending job another
+        instance created is watched, so that waiting for it here ends with its verdict."""
+        job = await self.store.get_job(job_id)
+        if job is not None and job.from_row and not job.finished and self.cluster is not None:
+            self.cluster.watch(job)
+        return job
+
     def cached(self, sample: Sample) -> Job | None:
         """A finished, unstored job if the verdict cache decides this sample at the first rule; else None.
         Mail ingress uses it so a cached attachment costs no job row: the message record keeps the verdict."""
@@ -228,9 +261,13 @@ class AnalysisService:
     async def _look_up(self, key: str, sample: Sample) -> None:
         try:
             journal = await self.store.journal(sample.identity)
-        except Exception as exc:  # the store is down: the sample is failed, never bad, and never lost
-            self._complete(key, sample, Verdict(Result.failed, f"Verdict cache unavailable: {exc}", []), 0.0)
-            return
+        except Exception as exc:
+            if self.cluster is None:  # the store is down: the sample is failed, never bad, and never lost
+                self._complete(key, sample, Verdict(Result.failed, f"Verdict cache unavailable: {exc}", []), 0.0)
+                return
+            # its work row is taken: a failed verdict would reach every instance's jobs of the identity
+            log.warning("verdict cache unavailable for %s (%s): analysed without it", sample.sha256, exc)
+            journal = KnownReport()
         self._start(key, sample, journal)
 
     def _start(self, key: str, sample: Sample, journal: KnownReport) -> None:
@@ -344,7 +381,11 @@ class AnalysisService:
     def _park_failed(self, key: str, reason: str) -> None:
         now = datetime.now(UTC)
         counter = metrics.job_counter(Result.failed.name)
-        for job in self._in_flight.pop(key, []):
+        jobs = self._in_flight.pop(key, [])
+        if key in self._claimed:
+            facts = jobs[0].facts if jobs else {"identity": self._claimed[key][0]}
+            self._finish_work(key, facts, Verdict(Result.failed, reason, []), now)
+        for job in jobs:
             job.finish(Result.failed, reason, [], now)
             self.store.job_finished(job)
             counter.inc()
@@ -368,11 +409,16 @@ class AnalysisService:
             metrics.LATENCY.observe(time.perf_counter() - started)
         if verdict.timings:
             metrics.analysers_ran(verdict.timings)
+        if self.cluster is not None and self._stopping:
+            self._in_flight.pop(key, None)  # left pending: its work row is taken over
+            return
         facts: dict[str, Any] = sample.facts()
         report = sample.reports.get("filereport")
         if isinstance(report, FileReport):
             facts["type_by_content"] = report.type_by_content
         now = datetime.now(UTC)
+        if key in self._claimed:
+            self._finish_work(key, facts, verdict, now)
         counter = metrics.job_counter(verdict.result.name)
         for job in self._in_flight.pop(key, []):
             job.facts = dict(facts)
@@ -382,3 +428,117 @@ class AnalysisService:
             counter.inc()
             if job.origin == "rest" and self.verdict_log.enabled:
                 self.verdict_log.job(job)
+
+    # cluster mode (MariaDB, PostgreSQL; store/work.py, core/cluster.py) ----------------------------------
+    async def _submit_shared(self, sample: Sample, force: bool, origin: str) -> Job:
+        """The job's row and, for a sample nobody has a verdict for, its work row go into one commit; the
+        instance whose work row it is analyses the sample, every other job of the identity waits for it."""
+        identity = sample.identity
+        journal = KnownReport()
+        if not force:
+            job = await self._join_shared(identity, sample, origin)
+            if job is not None:
+                return job
+            journal = await self.store.journal(identity)
+            job = await self._join_shared(identity, sample, origin)  # one may have started while we looked
+            if job is not None:
+                return job
+            if journal.known and self.engine.decided_by_known:
+                job = self._new_job(identity, sample, origin, None)
+                self._start(identity, sample, journal)  # finished before its row is written: one insert
+                await self.store.committed(job)
+                return job
+        key = f"force:{uuid.uuid4().hex}" if force else identity
+        claim = Claim(key, identity, sample.content, sample.filename, sample.type_declared,
+                      sample.content_disposition, force=force)
+        job = self._new_job(key, sample, origin, claim)
+        try:
+            await self.store.committed(job)
+        except StoreError as exc:
+            self._complete(key, sample, Verdict(Result.failed, f"Job could not be stored: {exc}", []), 0.0)
+            raise
+        if claim.owner == self.store.run:
+            self._claimed[key] = (identity, job.id if force else None)
+            if not force:
+                # a verdict committed after our lookup, whose work row was gone when we claimed
+                with contextlib.suppress(StoreError):
+                    journal = await self.store.journal(identity)
+            self._start(key, sample, journal)
+        else:
+            jobs = self._in_flight.pop(key, [])
+            self.pending -= 1
+            metrics.QUEUE_DEPTH.set(self.pending)
+            assert self.cluster is not None
+            self.cluster.wait(key, claim, jobs)
+        return job
+
+    def _new_job(self, key: str, sample: Sample, origin: str, claim: Claim | None) -> Job:
+        job = self.store.add_job(sample.facts(light=True), claim)
+        job.origin = origin
+        self._in_flight[key] = [job]
+        self.pending += 1
+        metrics.QUEUE_DEPTH.set(self.pending)
+        return job
+
+    async def _join_shared(self, key: str, sample: Sample, origin: str) -> Job | None:
+        """A job for a key already being analysed, here or on another instance."""
+        assert self.cluster is not None
+        waiting = self._in_flight.get(key)
+        if waiting is None and not self.cluster.waiting_for(key):
+            return None
+        job = self.store.add_job(sample.facts(light=True))
+        job.origin = origin
+        if waiting is not None:
+            waiting.append(job)
+            await self.store.committed(job)
+            if self.parking is not None:
+                self.parking.joined(key, waiting)
+        else:
+            await self.store.committed(job)
+            claim = Claim(key, key, sample.content, sample.filename, sample.type_declared,
+                          sample.content_disposition)
+            self.cluster.wait(key, claim, [job])
+        return job
+
+    def _adopt(self, item: WorkItem, jobs: list[Job]) -> None:
+        """This instance now owns a key (taken over, or claimed again): analyse its sample."""
+        waiting = self._in_flight.get(item.key)
+        if waiting is not None:
+            waiting.extend(jobs)
+            return
+        self._in_flight[item.key] = jobs
+        self._claimed[item.key] = (item.identity, item.job_id)
+        self.pending += 1
+        metrics.QUEUE_DEPTH.set(self.pending)
+        sample = sample_of(item)
+        if item.job_id is not None:  # forced: analysed afresh
+            self._start(item.key, sample, KnownReport())
+            return
+        task = asyncio.get_running_loop().create_task(self._look_up(item.key, sample))
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
+
+    async def _resume_parked(self, ids: list[int]) -> None:
+        if self.parking is None or not ids:
+            return
+        for key, jobs in await self.parking.resume_all(self.store.get_job, ids):
+            self._in_flight.setdefault(key, []).extend(jobs)
+            if self.cluster is not None:
+                self._in_flight[key].extend(self.cluster.take(key))
+            self._claimed[key] = (key, None)
+
+    def _finish_work(self, key: str, facts: dict[str, Any], verdict: Verdict, now: datetime) -> None:
+        identity, job_id = self._claimed.pop(key)
+        template = Job(id=0, facts=dict(facts), created_at=now)
+        template.rule_facts = verdict.facts
+        template.finish(verdict.result, verdict.reason, verdict.rules, now)
+        log.info("cluster: %s %s: %s", "answered from the verdict cache" if template.answered_by_cache else "analysed",
+                 key, verdict.result.name)
+        self.store.finish_work(Finish(key, identity, job_id, verdict_values(template)))
+
+    def _finished_elsewhere(self, job: Job) -> None:
+        """One of our jobs got another instance's verdict."""
+        assert job.result is not None
+        metrics.job_counter(job.result.name).inc()
+        if job.origin == "rest" and self.verdict_log.enabled:
+            self.verdict_log.job(job)

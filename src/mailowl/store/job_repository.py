@@ -13,7 +13,7 @@ from mailowl.results import Result
 from mailowl.store.database import Database, StoreError, reading
 from mailowl.store.jobs import DONE, PENDING, Job
 from mailowl.store.lru import Lru
-from mailowl.store.models import jobs, messages, samples
+from mailowl.store.models import jobs, messages, samples, work
 from mailowl.store.rows import job_from_row
 from mailowl.store.runs import alive, on_this_host
 
@@ -96,11 +96,12 @@ class JobRepository:
             del self._jobs[job_id]
         return deleted
 
-    async def abandon_pending(self, run: str, waiting: list[int], now: datetime) -> int:
+    async def abandon_pending(self, run: str, waiting: list[int], now: datetime, cluster: bool = False) -> int:
         """Jobs left pending by a run that died can never finish: mark them failed so clients stop waiting.
         Pending jobs of a process that is still running (another `mailowl serve` on this database) are left
         alone; a run on another host counts as dead only once its pending job is a day old. ``waiting``:
-        parked samples' jobs, which the next start resumes tracking (core/parking.py)."""
+        parked samples' jobs, which the next start resumes tracking (core/parking.py). In ``cluster`` mode a job
+        whose sample has a work row is never abandoned: a live instance takes that row over (store/work.py)."""
         assert self.db.engine is not None
         # a literal, not a bound parameter: only then may SQLite use the partial index ix_jobs_pending
         pending = jobs.c.state == literal_column(f"'{PENDING}'")
@@ -111,6 +112,8 @@ class JobRepository:
             elsewhere = [r for r in runs if r is not None and r not in here]
             condition = or_(jobs.c.run.is_(None), jobs.c.run.in_(dead),
                             and_(jobs.c.run.in_(elsewhere), jobs.c.created_at < now - timedelta(days=1)))
+            if cluster:
+                condition = and_(condition, ~exists().where(work.c.identity == jobs.c.identity))
             result = await conn.execute(
                 update(jobs).where(pending, condition, jobs.c.id.not_in(waiting)).values(
                     state=DONE, result=Result.failed.name, finished_at=now,

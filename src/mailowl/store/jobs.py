@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailowl.results import Result, RuleResult
+
+if TYPE_CHECKING:
+    from mailowl.store.work import Claim
 
 PENDING, DONE = "pending", "done"
 
@@ -27,6 +30,10 @@ class Job:
     origin: str = "rest"
     #: JSON of the reports the rules read (the ``facts`` column; ``mailowl expr facts`` shows them)
     rule_facts: str | None = None
+    #: cluster mode: the work row its insert also writes (store/work.py)
+    claim: Claim | None = field(default=None, repr=False)
+    #: read back from its row, not one this process tracks
+    from_row: bool = False
     _done: asyncio.Event | None = field(default=None, repr=False)
     #: the group commit that carries this job's row; None once it is committed (or for unstored jobs)
     _commit: asyncio.Future[None] | None = field(default=None, repr=False)

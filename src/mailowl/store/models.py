@@ -102,5 +102,34 @@ parked = Table(
     Column("content_disposition", String(255)),
     Column("reports", Text, nullable=False),
     Column("content", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"), nullable=False),
+    #: the instance tracking it (cluster mode, 0011); another takes it over once that one stops heartbeating
+    Column("owner", String(128)),
     sqlite_autoincrement=True,
+)
+
+#: cluster mode (MariaDB, PostgreSQL): a sample being analysed, by key (its identity, or ``force:`` and a
+#: token for a forced analysis), with its bytes, so another instance can take it over (store/work.py, 0011)
+work = Table(
+    "work",
+    metadata,
+    Column("key", String(80), primary_key=True),
+    Column("identity", String(64), nullable=False),
+    #: a forced analysis' own job (its verdict is not the identity's other jobs' verdict)
+    Column("job_id", BigInteger),
+    Column("owner", String(128)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("filename", String(512)),
+    Column("type_declared", String(255)),
+    Column("content_disposition", String(255)),
+    Column("content", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"), nullable=False),
+    Index("ix_work_identity", "identity"),
+)
+
+#: cluster mode: the instances on this database and their last heartbeat (the database's clock)
+instances = Table(
+    "instances",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
 )

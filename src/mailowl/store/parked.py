@@ -76,8 +76,9 @@ class ParkedTable:
 
     async def add(self, identity: str, job_ids: list[int], analyzer: str, data_type: str, submitted_at: datetime,
                   deadline: datetime, filename: str | None, type_declared: str | None,
-                  content_disposition: str | None, reports: dict[str, Any], content: bytes) -> int:
-        statement = insert(parked).values(
+                  content_disposition: str | None, reports: dict[str, Any], content: bytes,
+                  owner: str | None = None) -> int:
+        statement = insert(parked).values(owner=owner,
             identity=identity, job_ids=",".join(map(str, job_ids)), analyzer=analyzer, data_type=data_type,
             submitted_at=submitted_at, deadline=deadline, filename=filename, type_declared=type_declared,
             content_disposition=content_disposition, reports=orjson.dumps(reports).decode(), content=content)
@@ -114,8 +115,11 @@ class ParkedTable:
         value = await self._run(lambda conn: conn.execute(statement).scalar())
         return bytes(value) if value is not None else None
 
-    async def all_rows(self) -> list[ParkedRow]:
+    async def all_rows(self, ids: list[int] | None = None) -> list[ParkedRow]:
+        """Every row (or those of ``ids``), without the samples' bytes."""
         statement = select(*[c for c in parked.c if c.name != "content"]).order_by(parked.c.id)
+        if ids is not None:
+            statement = statement.where(parked.c.id.in_(ids))
         rows = await self._run(lambda conn: conn.execute(statement).mappings().all())
         return [ParkedRow(r["id"], r["identity"], _ids(r["job_ids"]), r["analyzer"], r["data_type"], r["remote_job"],
                           _aware(r["submitted_at"]), _aware(r["deadline"]), r["filename"], r["type_declared"],

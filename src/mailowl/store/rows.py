@@ -44,6 +44,17 @@ def job_row(job: Job, run: str | None) -> dict[str, Any]:
     return row
 
 
+#: what a verdict changes in a job's row (not what the client sent with the sample, nor who created it)
+_VERDICT_COLUMNS = ("state", "result", "reason", "rule_results", "finished_at", "facts", "sha1", "md5",
+                    "type_by_content", "file_extension", "type_by_name")
+
+
+def verdict_values(job: Job) -> dict[str, Any]:
+    """A finished job's verdict columns, to write into other jobs of its identity (cluster mode)."""
+    row = job_row(job, None)
+    return {k: row[k] for k in _VERDICT_COLUMNS}
+
+
 def job_from_row(row: Any) -> Job:
     facts = {k: row[k] for k in FACT_COLUMNS}
     rules = [RuleResult(r["rule"], Result[r["result"]], r["reason"], True)
@@ -52,7 +63,7 @@ def job_from_row(row: Any) -> Job:
     assert created is not None
     return Job(id=row["id"], facts=facts, created_at=created, state=row["state"],
                result=Result[row["result"]] if row["result"] else None, reason=row["reason"], rules=rules,
-               finished_at=aware(row["finished_at"]), rule_facts=row["facts"])
+               finished_at=aware(row["finished_at"]), rule_facts=row["facts"], from_row=True)
 
 
 def answered_by_cache(job: Job) -> bool:

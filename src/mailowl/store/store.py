@@ -7,7 +7,8 @@ Each part does one job; this class only wires them together and keeps the caller
 - ``job_repository.py``: recent jobs in memory, the rest from the table, purge, abandoned runs;
 - ``verdicts.py``: the verdict cache the ``known`` rule reads;
 - ``messages.py``: message records (typed ``MessageRecord``);
-- ``parked.py``: samples waiting for Cortex.
+- ``parked.py``: samples waiting for Cortex;
+- ``work.py``: cluster mode (MariaDB, PostgreSQL): which instance analyses what, heartbeats, take-over.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mailowl.store.parked import ParkedTable
 from mailowl.store.rows import compact
 from mailowl.store.runs import run_name
 from mailowl.store.verdicts import VerdictCache
+from mailowl.store.work import Claim, Finish, WorkQueue
 from mailowl.store.writer import GroupCommit
 
 __all__ = ["Store", "StoreError"]
@@ -36,9 +38,12 @@ __all__ = ["Store", "StoreError"]
 
 class Store:
     def __init__(self, url: str, max_age: int = 0, memory_jobs: int = 10_000, purge_min_age: int = 3600,
-                 clock: Callable[[], datetime] | None = None, sqlite_synchronous: str = "normal") -> None:
+                 clock: Callable[[], datetime] | None = None, sqlite_synchronous: str = "normal",
+                 lease: float = 15.0) -> None:
         self.url = url
         self.db = Database(url, sqlite_synchronous)
+        #: several instances may share this database: work and verdicts go through it (store/work.py)
+        self.cluster = self.db.backend != "sqlite"
         self.max_age = max_age
         self.purge_min_age = purge_min_age
         self.clock = clock or _utcnow
@@ -47,6 +52,7 @@ class Store:
         self.run = run_name()
         self.jobs = JobRepository(self.db, memory_jobs, purge_min_age, self.clock)
         self.messages = MessageRepository()
+        self.work = WorkQueue(self.db, self.run, lease)
         # the parts that need the event loop are made in open()
         self._writer: GroupCommit | None = None
         self._verdicts: VerdictCache | None = None
@@ -65,8 +71,8 @@ class Store:
         assert self.db.engine is not None
         #: samples parked while Cortex analyses them (core/parking.py)
         self.parked = ParkedTable(self.url, self.db.engine, self.db.sqlite_synchronous)
-        self._writer = GroupCommit(self.db, self.run, self.jobs.stored)
-        self._verdicts = VerdictCache(self.db, self.memory_jobs, self.max_age, self.clock)
+        self._verdicts = VerdictCache(self.db, self.memory_jobs, self.max_age, self.clock, shared=self.cluster)
+        self._writer = GroupCommit(self.db, self.run, self.jobs.stored, self._verdicts.written)
         self._writer.start()
         self._verdicts.start()
 
@@ -92,11 +98,15 @@ class Store:
         return self._verdicts
 
     # jobs -------------------------------------------------------------------------------------------------
-    def add_job(self, facts: dict[str, Any]) -> Job:
-        """A pending job without an id yet: its row goes into the next group commit, which gives it its id.
-        Await ``committed(job)`` before telling anyone about the job."""
+    def add_job(self, facts: dict[str, Any], claim: Claim | None = None) -> Job:
+        """A pending job without an id yet: its row goes into the next group commit, which gives it its id
+        (and writes its cluster-mode ``claim``). Await ``committed(job)`` before telling anyone about the job."""
         assert self._writer is not None
-        return self._writer.add_job(facts, self.clock())
+        return self._writer.add_job(facts, self.clock(), claim)
+
+    def finish_work(self, item: Finish) -> None:
+        """Cluster mode: the verdict of a claimed key, for its jobs on every instance."""
+        self.writer.finish(item)
 
     async def committed(self, job: Job) -> None:
         """Wait until the job's row is committed and its id assigned; raises StoreError if it could not be."""
@@ -155,7 +165,7 @@ class Store:
     async def abandon_pending(self) -> int:
         """Mark failed the jobs left pending by a run that died (see JobRepository.abandon_pending)."""
         # parked samples' jobs are not lost: the next start resumes tracking them (core/parking.py)
-        return await self.jobs.abandon_pending(self.run, await self.parked.job_ids(), self.clock())
+        return await self.jobs.abandon_pending(self.run, await self.parked.job_ids(), self.clock(), self.cluster)
 
 
 def _utcnow() -> datetime:

@@ -6,6 +6,11 @@ any more (it was a Bloom filter loaded at start-up from every stored identity: s
 store, and another instance's verdicts never reached it). A sample whose identity is not in memory costs
 one indexed lookup, which on SQLite runs on its own plain connection right on the event loop
 (BENCHMARKS.md, "Big stores").
+
+With several instances on one database (``shared``), memory would miss the other instances' verdicts (and
+would keep saying "never seen" after another instance finished one), so nothing is kept: every lookup asks
+the database (still one query per event-loop round), and only this instance's verdicts that are not
+committed yet are added from memory (BENCHMARKS.md, "Cluster").
 """
 
 from __future__ import annotations
@@ -37,8 +42,12 @@ _SQLITE_TIME = jobs.c.finished_at.type.dialect_impl(sqlite_dialect.dialect()).re
 
 
 class VerdictCache:
-    def __init__(self, db: Database, size: int, max_age: int, clock: Callable[[], datetime]) -> None:
+    def __init__(self, db: Database, size: int, max_age: int, clock: Callable[[], datetime],
+                 shared: bool = False) -> None:
         self.db = db
+        self.shared = shared
+        #: shared: this instance's verdicts whose rows are not committed yet, by identity
+        self._unwritten: dict[str, list[JournalEntry]] = {}
         self.max_age = max_age
         self.clock = clock
         self._journals: Lru[str, list[JournalEntry]] = Lru(size)
@@ -62,6 +71,10 @@ class VerdictCache:
     def job_finished(self, job: Job) -> None:
         """A verdict to remember: usable at once, before its row is written."""
         if job.result is not None and job.result != Result.failed and job.finished_at is not None:
+            if self.shared:
+                append_compact(self._unwritten.setdefault(job.identity, []),
+                               JournalEntry(job.finished_at, job.result, job.reason or ""))
+                return
             journal = self._journals.get(job.identity)
             if journal is not None:
                 append_compact(journal, JournalEntry(job.finished_at, job.result, job.reason or ""))
@@ -73,8 +86,16 @@ class VerdictCache:
                 entries[:] = [e for e in entries if e.analysis_time >= cutoff]  # old verdicts are forgotten for good
         return KnownReport(list(entries))
 
+    def written(self, identities: Iterable[str]) -> None:
+        """Those identities' verdicts are committed: the database has them now."""
+        if self._unwritten:
+            for identity in identities:
+                self._unwritten.pop(identity, None)
+
     def journal_now(self, identity: str) -> KnownReport | None:
         """The journal if it can be had without the database, else None."""
+        if self.shared:
+            return None
         entries = self._journals.get(identity)
         if entries is None:
             return None
@@ -109,6 +130,12 @@ class VerdictCache:
                 continue
             for identity, future in batch.items():
                 entries = found.get(identity, [])
+                if self.shared:
+                    for entry in self._unwritten.get(identity, ()):
+                        append_compact(entries, entry)
+                    if not future.done():
+                        future.set_result(self._report(entries))
+                    continue
                 # an analysis that finished while we were reading is already in the live journal
                 known = self._journals.get(identity)
                 if known is not None:

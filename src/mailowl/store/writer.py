@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -23,6 +23,7 @@ from mailowl.store.messages import MessageRecord
 from mailowl.store.models import jobs, messages, samples
 from mailowl.store.rows import answered_by_cache, job_row
 from mailowl.store.sql import insert_ignoring_duplicates, update_job
+from mailowl.store.work import Claim, Finish, write_claims, write_finishes
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,11 @@ _GATHER_TURNS = 4
 
 
 class GroupCommit:
-    def __init__(self, db: Database, run: str, stored: Callable[[Job], None]) -> None:
+    def __init__(self, db: Database, run: str, stored: Callable[[Job], None],
+                 written: Callable[[Iterable[str]], None] | None = None) -> None:
         self.db = db
+        #: told the identities whose verdicts a commit just wrote (cluster mode's verdict cache)
+        self._written = written
         #: who we are in the jobs' ``run`` column
         self.run = run
         #: told about every job whose row was just committed (it has its id now)
@@ -48,6 +52,8 @@ class GroupCommit:
         #: jobs that finished while the commit carrying their row was in flight
         self._late: list[Job] = []
         self._messages: list[MessageRecord] = []
+        #: cluster mode: verdicts for a key's jobs on every instance (store/work.py)
+        self._finishes: list[Finish] = []
         self._writing = False
         self._closing = False
         self._wake = asyncio.Event()
@@ -68,11 +74,12 @@ class GroupCommit:
         if self._task is not None:
             await self._task
 
-    def add_job(self, facts: dict[str, Any], created_at: datetime) -> Job:
-        """A pending job without an id yet: its row goes into the next group commit, which gives it its id."""
+    def add_job(self, facts: dict[str, Any], created_at: datetime, claim: Claim | None = None) -> Job:
+        """A pending job without an id yet: its row goes into the next group commit, which gives it its id
+        (and, in cluster mode, writes its ``claim`` in the same transaction)."""
         if self._commit is None:
             self._commit = asyncio.get_running_loop().create_future()
-        job = Job(id=0, facts=facts, created_at=created_at, _commit=self._commit)
+        job = Job(id=0, facts=facts, created_at=created_at, _commit=self._commit, claim=claim)
         self._inserts.append(job)
         self._wake.set()
         return job
@@ -85,12 +92,16 @@ class GroupCommit:
             self._late.append(job)
         self._wake.set()
 
+    def finish(self, item: Finish) -> None:
+        self._finishes.append(item)
+        self._wake.set()
+
     def add_message(self, record: MessageRecord) -> None:
         self._messages.append(record)
         self._wake.set()
 
     def _queued(self) -> bool:
-        return bool(self._inserts or self._finished or self._late or self._messages)
+        return bool(self._inserts or self._finished or self._late or self._messages or self._finishes)
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -111,8 +122,8 @@ class GroupCommit:
                 continue
             if self._gathers:
                 await self._gather()
-            inserts, commit, msgs = self._inserts, self._commit, self._messages
-            self._inserts, self._commit, self._messages = [], None, []
+            inserts, commit, msgs, finishes = self._inserts, self._commit, self._messages, self._finishes
+            self._inserts, self._commit, self._messages, self._finishes = [], None, [], []
             carried = {id(job) for job in inserts}
             updates = self._finished
             # a late job whose insert was in the last commit has its id now; one in this commit needs no update
@@ -122,7 +133,7 @@ class GroupCommit:
             self._finished, self._late = {}, [job for job in self._late if job.id == 0 and id(job) not in carried]
             self._writing = True
             try:
-                await self._write(inserts, updates, msgs)
+                await self._write(inserts, updates, msgs, finishes)
             except Exception as exc:
                 if self._retry is None:
                     log.exception("store write failed; retrying with backoff")
@@ -138,6 +149,7 @@ class GroupCommit:
                 # rows that exist keep their newer states; messages are written later
                 self._finished = updates | self._finished
                 self._messages = msgs + self._messages
+                self._finishes = finishes + self._finishes
                 if self._closing and self._retry >= _RETRY_MAX:
                     # shutting down with the database still gone: stop instead of hanging the shutdown; rows
                     # left pending are answered failed ("interrupted") at the next start
@@ -152,6 +164,8 @@ class GroupCommit:
                 if self._retry is not None:
                     log.warning("store writes work again")
                     self._retry = None
+                if self._written is not None:
+                    self._written([job.identity for job in updates.values()] + [f.identity for f in finishes])
             finally:
                 self._writing = False
             self._flushed.set()
@@ -168,14 +182,17 @@ class GroupCommit:
             queued = len(self._inserts)
             await asyncio.sleep(0)
 
-    async def _write(self, inserts: list[Job], updates: dict[int, Job], msgs: list[MessageRecord]) -> None:
+    async def _write(self, inserts: list[Job], updates: dict[int, Job], msgs: list[MessageRecord],
+                     finishes: list[Finish]) -> None:
         message_rows = [m.row() for m in msgs]
         new_rows = [job_row(job, self.run) for job in inserts]
         sample_rows = [{"sha256": job.facts["sha256"], "identity": job.identity} for job in inserts
                        if not answered_by_cache(job)]
         update_rows = [{**job_row(job, None), "b_id": job_id} for job_id, job in updates.items()]
+        claims = [(index, job.claim) for index, job in enumerate(inserts) if job.claim is not None]
         sqlite = self.db.sqlite_writer
         if sqlite is not None:
+            assert not claims and not finishes, "cluster mode runs on MariaDB and PostgreSQL only"
             await sqlite_writes.begin(sqlite)
             if self._gathers:
                 # a WAL commit without fsync takes well under a millisecond: done right here, it beats any
@@ -189,6 +206,11 @@ class GroupCommit:
             assert self.db.engine is not None
             async with self.db.engine.begin() as conn:
                 ids = await conn.run_sync(_write_rows, new_rows, message_rows, update_rows, sample_rows)
+                if claims:
+                    now, run = datetime.now(UTC), self.run
+                    await conn.run_sync(lambda c: write_claims(c, [(ids[i], claim) for i, claim in claims], run, now))
+                if finishes:
+                    await conn.run_sync(write_finishes, finishes)
         # committed: only now do the ids exist
         for job, job_id in zip(inserts, ids, strict=True):
             job.id, job._commit = job_id, None

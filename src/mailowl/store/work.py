@@ -1,0 +1,190 @@
+"""Cluster mode's shared work: which instance analyses which sample, and who is still alive.
+
+On MariaDB and PostgreSQL every sample that needs an analysis has a ``work`` row, written in the same
+transaction as the job that asked for it, with the sample's bytes: the first instance to insert the row for
+an identity (its key) owns it and analyses it; every other job of that identity, on any instance, waits for
+that verdict. Finishing writes the verdict into every pending job of the identity and deletes the row, in
+one transaction. Each instance heartbeats into ``instances`` (the database's clock, so hosts' clocks do not
+matter); rows whose owner has not heartbeaten for ``lease`` seconds are claimed by another instance with
+``SELECT … FOR UPDATE SKIP LOCKED`` (two instances never claim the same row, and neither waits for the
+other) and analysed again from their stored bytes. No instance ids are handed out: an instance is its
+``run`` name (host, pid, process start).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, delete, exists, func, insert, literal_column, or_, select, update
+
+from mailowl.store.database import Database, reading
+from mailowl.store.jobs import PENDING
+from mailowl.store.models import instances, jobs, parked, work
+from mailowl.store.sql import insert_ignoring_duplicates
+
+#: claimed rows per take-over statement
+TAKE_OVER_BATCH = 100
+
+
+@dataclass(slots=True)
+class Claim:
+    """A job's request to analyse its sample; the group commit that inserts the job writes it."""
+
+    key: str
+    identity: str
+    content: bytes
+    filename: str | None
+    type_declared: str | None
+    content_disposition: str | None
+    #: a forced analysis: only its own job gets the verdict
+    force: bool = False
+    #: who owns the key once the commit is done (this instance's run name if the claim won)
+    owner: str | None = None
+
+
+@dataclass(slots=True)
+class Finish:
+    """A verdict for a key's jobs on every instance, and the end of its work row."""
+
+    key: str
+    identity: str
+    #: a forced analysis' job; None: every pending job of the identity
+    job_id: int | None
+    values: dict[str, Any]
+
+
+@dataclass(slots=True)
+class WorkItem:
+    key: str
+    identity: str
+    job_id: int | None
+    content: bytes
+    filename: str | None
+    type_declared: str | None
+    content_disposition: str | None
+
+
+def write_claims(conn: Connection, claims: list[tuple[int, Claim]], run: str, now: datetime) -> None:
+    """Insert the claims' rows (skipping keys that exist), then learn who owns each key."""
+    rows = [{"key": c.key, "identity": c.identity, "job_id": job_id if c.force else None, "owner": run,
+             "created_at": now, "filename": c.filename, "type_declared": c.type_declared,
+             "content_disposition": c.content_disposition, "content": c.content} for job_id, c in claims]
+    conn.execute(insert_ignoring_duplicates(work, conn.dialect.name), rows)
+    keys = [c.key for _, c in claims]
+    owners = dict(conn.execute(select(work.c.key, work.c.owner).where(work.c.key.in_(keys))).all())
+    for _, claim in claims:
+        # a key without a row: its verdict was committed and the row deleted between the two statements
+        claim.owner = owners.get(claim.key) or ""
+
+
+_PENDING = jobs.c.state == literal_column(f"'{PENDING}'")
+
+
+def write_finishes(conn: Connection, finishes: list[Finish]) -> None:
+    for item in finishes:
+        target = jobs.c.id == item.job_id if item.job_id is not None else jobs.c.identity == item.identity
+        conn.execute(update(jobs).where(target, _PENDING).values(**item.values))
+        conn.execute(delete(work).where(work.c.key == item.key))
+
+
+class WorkQueue:
+    def __init__(self, db: Database, run: str, lease: float) -> None:
+        self.db = db
+        self.run = run
+        #: seconds without a heartbeat after which an instance's work is taken over
+        self.lease = lease
+
+    async def _db_now(self, conn: Any) -> datetime:
+        value = (await conn.execute(select(func.now()))).scalar()
+        assert isinstance(value, datetime)
+        return value
+
+    async def heartbeat(self) -> None:
+        assert self.db.engine is not None
+        with reading():
+            async with self.db.engine.begin() as conn:
+                done = await conn.execute(update(instances).where(instances.c.name == self.run)
+                                          .values(heartbeat_at=func.now()))
+                if not done.rowcount:
+                    await conn.execute(insert(instances).values(name=self.run, started_at=func.now(),
+                                                                heartbeat_at=func.now()))
+
+    async def _live(self, conn: Any) -> Any:
+        """A subquery of the instances that heartbeat within the lease."""
+        cutoff = await self._db_now(conn) - timedelta(seconds=self.lease)
+        return select(instances.c.name).where(instances.c.heartbeat_at >= cutoff).scalar_subquery()
+
+    async def take_over(self, limit: int = TAKE_OVER_BATCH) -> list[WorkItem]:
+        """Claim rows nobody live owns (whose owner stopped heartbeating, or released them); a row whose
+        sample is parked is taken over with its parked row (``take_over_parked``)."""
+        assert self.db.engine is not None
+        if limit <= 0:
+            return []
+        with reading():
+            async with self.db.engine.begin() as conn:
+                live = await self._live(conn)
+                query = (select(work.c.key, work.c.identity, work.c.job_id, work.c.content, work.c.filename,
+                                work.c.type_declared, work.c.content_disposition)
+                         .where(or_(work.c.owner.is_(None), work.c.owner.not_in(live)),
+                                ~exists().where(parked.c.identity == work.c.identity))
+                         .order_by(work.c.created_at).limit(limit).with_for_update(skip_locked=True))
+                rows = (await conn.execute(query)).all()
+                if rows:
+                    await conn.execute(update(work).where(work.c.key.in_([r.key for r in rows]))
+                                       .values(owner=self.run))
+        return [WorkItem(r.key, r.identity, r.job_id, bytes(r.content), r.filename, r.type_declared,
+                         r.content_disposition) for r in rows]
+
+    async def take_over_parked(self, limit: int = TAKE_OVER_BATCH) -> list[int]:
+        """Claim parked rows nobody live tracks, with their samples' work rows; their ids."""
+        assert self.db.engine is not None
+        with reading():
+            async with self.db.engine.begin() as conn:
+                live = await self._live(conn)
+                query = (select(parked.c.id, parked.c.identity)
+                         .where(or_(parked.c.owner.is_(None), parked.c.owner.not_in(live)))
+                         .order_by(parked.c.id).limit(limit).with_for_update(skip_locked=True))
+                rows = (await conn.execute(query)).all()
+                if rows:
+                    await conn.execute(update(parked).where(parked.c.id.in_([r.id for r in rows]))
+                                       .values(owner=self.run))
+                    await conn.execute(update(work).where(work.c.identity.in_({r.identity for r in rows}))
+                                       .values(owner=self.run))
+        return [r.id for r in rows]
+
+    async def claim(self, claim: Claim, job_id: int | None = None) -> bool:
+        """Claim a key again whose row vanished while jobs here still wait for it; True if this instance
+        owns it now."""
+        assert self.db.engine is not None
+        with reading():
+            async with self.db.engine.begin() as conn:
+                await conn.run_sync(lambda c: write_claims(c, [(job_id or 0, claim)], self.run, datetime.now(UTC)))
+        return claim.owner == self.run
+
+    async def existing(self, keys: list[str]) -> set[str]:
+        assert self.db.engine is not None
+        with reading():
+            async with self.db.engine.connect() as conn:
+                return set((await conn.execute(select(work.c.key).where(work.c.key.in_(keys)))).scalars())
+
+    async def finished_jobs(self, ids: list[int]) -> list[Any]:
+        """The rows of those jobs that are finished now."""
+        assert self.db.engine is not None
+        found: list[Any] = []
+        with reading():
+            async with self.db.engine.connect() as conn:
+                for start in range(0, len(ids), 500):
+                    query = select(jobs).where(jobs.c.id.in_(ids[start:start + 500]), ~_PENDING)
+                    found.extend((await conn.execute(query)).mappings().all())
+        return found
+
+    async def release(self) -> None:
+        """Stopping: hand this instance's work to the others at once, instead of after the lease."""
+        assert self.db.engine is not None
+        with reading():
+            async with self.db.engine.begin() as conn:
+                await conn.execute(update(work).where(work.c.owner == self.run).values(owner=None))
+                await conn.execute(update(parked).where(parked.c.owner == self.run).values(owner=None))
+                await conn.execute(delete(instances).where(instances.c.name == self.run))
