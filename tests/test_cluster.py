@@ -20,6 +20,7 @@ import os
 import random
 import re
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -200,4 +201,32 @@ def test_three_instances_share_the_work_and_survive_a_kill(shared_url: str, tmp_
             assert _log_keys(server.tmp / "server.log", "analysed"), f"{server.tmp.name} analysed nothing"
     finally:
         for server in servers:
+            server.stop()
+
+
+def test_instances_started_together_on_an_empty_database_all_come_up(shared_url: str, tmp_path: Path) -> None:
+    """A Deployment's replicas start at once: their migrations wait for each other instead of colliding."""
+    config = f'[store]\nurl = "{shared_url}"\n'
+    started: list[Server] = []
+    errors: list[BaseException] = []
+
+    def start(i: int) -> None:
+        try:
+            started.append(Server(tmp_path / f"instance{i}", config))
+        except BaseException as exc:  # reported below, with the other instances stopped
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        status, payload, _ = started[0].scan(b"@echo off\r\nrem together\r\n", "together.bat")
+        assert status == 200
+        for server in started:
+            assert server.verdict(payload["job_id"])["result"] == "bad"
+    finally:
+        for server in started:
             server.stop()
