@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mailowl.analysis.sample import Sample
-from mailowl.store import Job, Store
+from mailowl.store import Job, Store, StoreError
 from mailowl.store.rows import job_from_row
 from mailowl.store.work import Claim, WorkItem
 
@@ -55,7 +55,14 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self.work.heartbeat()
+        for attempt in range(5):  # a deadlock with an instance starting at the same moment is retried
+            try:
+                await self.work.heartbeat()
+                break
+            except StoreError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
         self._tasks = [asyncio.create_task(self._beat(), name="cluster-heartbeat"),
                        asyncio.create_task(self._watch(), name="cluster-watch")]
 

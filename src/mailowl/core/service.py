@@ -417,14 +417,15 @@ class AnalysisService:
         if isinstance(report, FileReport):
             facts["type_by_content"] = report.type_by_content
         now = datetime.now(UTC)
-        if key in self._claimed:
+        covered = key in self._claimed
+        if covered:
             self._finish_work(key, facts, verdict, now)
         counter = metrics.job_counter(verdict.result.name)
         for job in self._in_flight.pop(key, []):
             job.facts = dict(facts)
             job.rule_facts = verdict.facts
             job.finish(verdict.result, verdict.reason, verdict.rules, now)
-            self.store.job_finished(job)
+            self.store.job_finished(job, covered)
             counter.inc()
             if job.origin == "rest" and self.verdict_log.enabled:
                 self.verdict_log.job(job)

@@ -45,14 +45,14 @@ def job_row(job: Job, run: str | None) -> dict[str, Any]:
 
 
 #: what a verdict changes in a job's row (not what the client sent with the sample, nor who created it)
-_VERDICT_COLUMNS = ("state", "result", "reason", "rule_results", "finished_at", "facts", "sha1", "md5",
-                    "type_by_content", "file_extension", "type_by_name")
+VERDICT_COLUMNS = ("state", "result", "reason", "rule_results", "finished_at", "facts", "sha1", "md5",
+                   "type_by_content", "file_extension", "type_by_name")
 
 
 def verdict_values(job: Job) -> dict[str, Any]:
     """A finished job's verdict columns, to write into other jobs of its identity (cluster mode)."""
     row = job_row(job, None)
-    return {k: row[k] for k in _VERDICT_COLUMNS}
+    return {k: row[k] for k in VERDICT_COLUMNS}
 
 
 def job_from_row(row: Any) -> Job:

@@ -119,11 +119,13 @@ class Store:
         await self.committed(job)
         return job
 
-    def job_finished(self, job: Job) -> None:
+    def job_finished(self, job: Job, covered: bool = False) -> None:
+        """``covered``: a cluster-mode finish of its key writes the verdict into its committed row."""
         compact(job)
         assert self._writer is not None and self._verdicts is not None
         self._verdicts.job_finished(job)
-        self._writer.job_finished(job)
+        if not (covered and job.id > 0):
+            self._writer.job_finished(job)
 
     async def get_job(self, job_id: int) -> Job | None:
         """The job, or None if it never existed or was purged."""

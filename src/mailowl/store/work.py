@@ -17,11 +17,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, exists, func, insert, literal_column, or_, select, update
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    delete,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import mysql, postgresql
 
 from mailowl.store.database import Database, reading
 from mailowl.store.jobs import PENDING
 from mailowl.store.models import instances, jobs, parked, work
+from mailowl.store.rows import VERDICT_COLUMNS
 from mailowl.store.sql import insert_ignoring_duplicates
 
 #: claimed rows per take-over statement
@@ -82,11 +94,22 @@ def write_claims(conn: Connection, claims: list[tuple[int, Claim]], run: str, no
 _PENDING = jobs.c.state == literal_column(f"'{PENDING}'")
 
 
+_BY_IDENTITY = (update(jobs).where(jobs.c.identity == bindparam("b_identity"), _PENDING)
+                .values({c: bindparam(c) for c in VERDICT_COLUMNS}))
+_BY_ID = update(jobs).where(jobs.c.id == bindparam("b_id"), _PENDING).values({c: bindparam(c) for c in VERDICT_COLUMNS})
+
+
 def write_finishes(conn: Connection, finishes: list[Finish]) -> None:
-    for item in finishes:
-        target = jobs.c.id == item.job_id if item.job_id is not None else jobs.c.identity == item.identity
-        conn.execute(update(jobs).where(target, _PENDING).values(**item.values))
-        conn.execute(delete(work).where(work.c.key == item.key))
+    """One statement per kind for the whole group commit (executemany), not two per key."""
+    shared = [{**f.values, "b_identity": f.identity} for f in finishes if f.job_id is None]
+    forced = [{**f.values, "b_id": f.job_id} for f in finishes if f.job_id is not None]
+    if shared:
+        conn.execute(_BY_IDENTITY, shared)
+    if forced:
+        conn.execute(_BY_ID, forced)
+    keys = [f.key for f in finishes]
+    for start in range(0, len(keys), 500):
+        conn.execute(delete(work).where(work.c.key.in_(keys[start:start + 500])))
 
 
 class WorkQueue:
@@ -103,13 +126,18 @@ class WorkQueue:
 
     async def heartbeat(self) -> None:
         assert self.db.engine is not None
+        # one statement: an UPDATE of a missing row then an INSERT deadlocks on MariaDB's gap locks when
+        # instances start together
+        if self.db.backend == "postgresql":
+            pg = postgresql.insert(instances).values(name=self.run, started_at=func.now(), heartbeat_at=func.now())
+            statement: Any = pg.on_conflict_do_update(index_elements=[instances.c.name],
+                                                      set_={"heartbeat_at": func.now()})
+        else:
+            my = mysql.insert(instances).values(name=self.run, started_at=func.now(), heartbeat_at=func.now())
+            statement = my.on_duplicate_key_update(heartbeat_at=func.now())
         with reading():
             async with self.db.engine.begin() as conn:
-                done = await conn.execute(update(instances).where(instances.c.name == self.run)
-                                          .values(heartbeat_at=func.now()))
-                if not done.rowcount:
-                    await conn.execute(insert(instances).values(name=self.run, started_at=func.now(),
-                                                                heartbeat_at=func.now()))
+                await conn.execute(statement)
 
     async def _live(self, conn: Any) -> Any:
         """A subquery of the instances that heartbeat within the lease."""
