@@ -460,8 +460,7 @@ class AnalysisService:
             raise
         if claim.owner == self.store.run:
             self._claimed[key] = (identity, job.id if force else None)
-            if not force:
-                # a verdict committed after our lookup, whose work row was gone when we claimed
+            if claim.verdict_since:  # a verdict committed after our lookup, whose work row was gone by then
                 with contextlib.suppress(StoreError):
                     journal = await self.store.journal(identity)
             self._start(key, sample, journal)

@@ -30,8 +30,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql
 
+from mailowl.results import Result
 from mailowl.store.database import Database, reading
-from mailowl.store.jobs import PENDING
+from mailowl.store.jobs import DONE, PENDING
 from mailowl.store.models import instances, jobs, parked, work
 from mailowl.store.rows import VERDICT_COLUMNS
 from mailowl.store.sql import insert_ignoring_duplicates
@@ -54,6 +55,8 @@ class Claim:
     force: bool = False
     #: who owns the key once the commit is done (this instance's run name if the claim won)
     owner: str | None = None
+    #: the claim won, but a verdict for the identity was committed meanwhile: look it up again
+    verdict_since: bool = False
 
 
 @dataclass(slots=True)
@@ -89,6 +92,15 @@ def write_claims(conn: Connection, claims: list[tuple[int, Claim]], run: str, no
     for _, claim in claims:
         # a key without a row: its verdict was committed and the row deleted between the two statements
         claim.owner = owners.get(claim.key) or ""
+    # a won claim whose identity got a verdict after the caller looked it up (its work row was gone by
+    # then): asked here, in the same transaction, rather than by a second lookup for every won claim
+    won = {c.identity for _, c in claims if c.owner == run and not c.force}
+    if won:
+        known = set(conn.execute(select(jobs.c.identity).where(
+            jobs.c.identity.in_(won), jobs.c.state == literal_column(f"'{DONE}'"),
+            jobs.c.result != literal_column(f"'{Result.failed.name}'")).distinct()).scalars())
+        for _, claim in claims:
+            claim.verdict_since = claim.identity in known and claim.owner == run
 
 
 _PENDING = jobs.c.state == literal_column(f"'{PENDING}'")
