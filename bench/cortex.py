@@ -1,6 +1,6 @@
 """Cortex parking: samples the ruleset decides without Cortex, with and without 1,000 samples parked on Cortex.
 
-usage: .venv/bin/python bench/cortex.py [--parked 1000] [--samples 8000] [--clients 16] [--rounds 2]
+usage: .venv/bin/python bench/cortex.py [--parked 1000] [--samples 8000] [--clients 16] [--rounds 2] [--storm]
 
 The Cortex stand-in of the tests (tests/cortex_server.py) runs as its own process and answers every job
 after --delay seconds (10). `mailowl serve --analyzers` runs bench/ruleset.conf with one expression
@@ -9,7 +9,8 @@ added in front, which reads Cortex for `.cortex` files only. Each round, on a fr
   B. after a warm-up of --parked samples decided alone, --parked `.cortex` samples are submitted and
      parked (RSS read before and after, from /proc/<pid>/status), then the same kind of load runs
      while they wait (how many are parked is sampled during the load); finally every parked sample must
-     get its verdict.
+     get its verdict. With --storm the load starts when the first answers are due instead of right
+     after parking, so that all of them arrive while it runs.
 Rounds alternate A and B (the machine is shared). Prints one JSON document.
 """
 
@@ -50,6 +51,20 @@ while True:
 def rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as fh:
         return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_load(port: int, samples: int, clients: int, seed: int, pids: dict[str, int]) -> dict[str, object]:
+    """One load round, with the CPU seconds each of ``pids`` spent during it."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    load = asyncio.run(run_round("127.0.0.1", port, make_samples(samples, seed), clients))
+    load["cpu_s"] = {name: round(cpu_seconds(pid) - before[name], 2) for name, pid in pids.items()}
+    return load
 
 
 def loadavg() -> str:
@@ -125,17 +140,18 @@ def _parked(port: int) -> int:
     return int(cortex.get("parked", 0)) if isinstance(cortex, dict) else 0
 
 
-def round_a(tmp: Path, cortex_port: int, samples: int, clients: int, seed: int) -> dict[str, object]:
+def round_a(tmp: Path, cortex_port: int, samples: int, clients: int, seed: int,
+            stand_in: int) -> dict[str, object]:
     proc, port = serve(tmp, cortex_port)
     try:
-        load = asyncio.run(run_round("127.0.0.1", port, make_samples(samples, seed), clients))
+        load = timed_load(port, samples, clients, seed, {"server": proc.pid, "stand_in": stand_in, "client": os.getpid()})
         return {"load": load, "loadavg": loadavg()}
     finally:
         stop(proc)
 
 
 def round_b(tmp: Path, cortex_port: int, parked: int, samples: int, clients: int, seed: int,
-            delay: float) -> dict[str, object]:
+            delay: float, stand_in: int, storm: bool = False) -> dict[str, object]:
     proc, port = serve(tmp, cortex_port)
     try:
         # warm up first (allocator arenas, the store's caches, worker processes), so the RSS growth is
@@ -153,8 +169,10 @@ def round_b(tmp: Path, cortex_port: int, parked: int, samples: int, clients: int
                     break
                 time.sleep(0.05)
             jobs = submitted.result()
-        at_start = _parked(port)
         parked_after = time.monotonic() - started
+        if storm:  # the load starts as the first answers are due, so that every answer lands inside it
+            time.sleep(max(0.0, started + delay - 0.5 - time.monotonic()))
+        at_start = _parked(port)
         after = rss(proc.pid)
         during: list[int] = []
         stop_watch = threading.Event()
@@ -166,7 +184,7 @@ def round_b(tmp: Path, cortex_port: int, parked: int, samples: int, clients: int
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            load = asyncio.run(run_round("127.0.0.1", port, make_samples(samples, seed), clients))
+            load = timed_load(port, samples, clients, seed, {"server": proc.pid, "stand_in": stand_in, "client": os.getpid()})
         finally:
             stop_watch.set()
             watcher.join()
@@ -188,6 +206,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--delay", type=float, default=10.0)
+    parser.add_argument("--storm", action="store_true",
+                        help="start B's load half a second before the first Cortex answer is due, not right "
+                             "after parking: all answers arrive during the load (the worst case)")
     args = parser.parse_args()
     report: dict[str, object] = {
         **run_header(), "loadavg_at_start": loadavg(),
@@ -200,9 +221,10 @@ def main() -> None:
         rounds = []
         with tempfile.TemporaryDirectory() as tmpdir:
             for i in range(args.rounds):
-                a = round_a(Path(tmpdir), cortex_port, args.samples, args.clients, seed=100 + i)
+                a = round_a(Path(tmpdir), cortex_port, args.samples, args.clients, seed=100 + i,
+                            stand_in=stand_in.pid)
                 b = round_b(Path(tmpdir), cortex_port, args.parked, args.samples, args.clients, seed=200 + i,
-                            delay=args.delay)
+                            delay=args.delay, stand_in=stand_in.pid, storm=args.storm)
                 rounds.append({"A_without_cortex": a, "B_with_parked": b})
                 print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
         report["rounds"] = rounds

@@ -89,9 +89,14 @@ class CortexStandIn:
     #: answer this many of the next requests with 503
     errors_5xx: int = 0
     waitreport: bool = True
+    #: seconds each run (submission) takes to answer
+    run_delay: float = 0.0
     jobs: dict[str, Job] = field(default_factory=dict)
     #: (method, path) of every request, in order
     requests: list[tuple[str, str]] = field(default_factory=list)
+    #: waitreport requests held open now, and the most held at once
+    waiting: int = 0
+    most_waiting: int = 0
     port: int = 0
     _counter: int = 0
     _thread: threading.Thread | None = None
@@ -126,6 +131,8 @@ class CortexStandIn:
     async def _run(self, request: Request) -> Response:
         if (refused := self._gate(request)) is not None:
             return refused
+        if self.run_delay:
+            await asyncio.sleep(self.run_delay)
         analyzer_id = request.path_params["analyzer"]
         names = [n for n, ids in self.analyzers.items() if analyzer_id in ids]
         if not names:
@@ -178,7 +185,12 @@ class CortexStandIn:
         until = time.monotonic() + at_most
         end = until if job.final == "never" else min(until, job.created + job.delay)
         # one timer per waiting request, as Cortex holds it: no polling loop that would load the machine
-        await asyncio.sleep(max(0.0, end - time.monotonic()) + 0.002)
+        self.waiting += 1
+        self.most_waiting = max(self.most_waiting, self.waiting)
+        try:
+            await asyncio.sleep(max(0.0, end - time.monotonic()) + 0.002)
+        finally:
+            self.waiting -= 1
         return JSONResponse(self._state(job))
 
     def app(self) -> Starlette:

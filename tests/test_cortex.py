@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mailowl.analysis import cortex as cortex_module
 from mailowl.analysis.cortex import (
     AnalyzerReport,
     CortexClient,
@@ -248,27 +251,93 @@ def test_scan_does_not_wait_for_cortex(tmp_path: Path, capsys: pytest.CaptureFix
     assert "failed" in out and "only mailowl serve waits for Cortex" in out
 
 
-async def test_many_waits_are_spread_over_small_connection_pools() -> None:
-    """A thousand samples parked on Cortex are a thousand open waitreport requests. In one httpx pool each
-    request and each answer would look at every other connection; the client spreads them over pools of at
-    most WAIT_SHARD, and every wait still gets its own answer."""
-    from mailowl.analysis.cortex import WAIT_SHARD
+async def test_every_parked_sample_waits_at_once_while_submissions_queue() -> None:
+    """A thousand samples parked on Cortex are a thousand open waitreport requests: none may queue behind
+    another (a sample's report would come late by the others' waits), while a burst of submissions
+    shares SHORT_REQUESTS connections."""
+    from mailowl.analysis.cortex import SHORT_REQUESTS
 
-    waits = 3 * WAIT_SHARD + 5
+    waits = 3 * SHORT_REQUESTS + 5
     with running(delay=3.0) as cortex:
         client = CortexClient(_settings(cortex.url))
         try:
-            # submitted all at once: at most WAIT_SHARD of them are in flight, the rest wait their turn
             jobs = await asyncio.gather(*[client.submit("FileInfo_8_0", "file", b"x%d" % i,
                                                         hashlib.sha256(b"x%d" % i).hexdigest(), None, None, None)
                                           for i in range(waits)])
             assert len(set(jobs)) == waits
-            pending = [asyncio.ensure_future(client.status(job, 30)) for job in jobs]
-            await asyncio.sleep(0)  # every wait has picked its pool
-            held = list(client._waits.values())
-            assert sum(held) == waits and max(held) <= WAIT_SHARD and len(held) == -(-waits // WAIT_SHARD)
-            results = await asyncio.gather(*pending)
+            results = await asyncio.gather(*[client.status(job, 30) for job in jobs])
             assert [status for status, _ in results] == ["Success"] * waits
-            assert sum(client._waits.values()) == 0
+            assert cortex.most_waiting == waits
         finally:
             await client.close()
+
+
+async def test_a_report_larger_than_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailowl.analysis import cortex as module
+
+    monkeypatch.setattr(module, "MAX_ANSWER", 300)  # a FileInfo report is about 1 KB
+    with running() as cortex:
+        client = CortexClient(_settings(cortex.url))
+        try:
+            job = await client.submit("FileInfo_8_0", "file", b"x", hashlib.sha256(b"x").hexdigest(), None, None, None)
+            with pytest.raises(CortexError, match="larger than") as exc:
+                await client.status(job, 30)
+            assert exc.value.kind == "too_large"
+        finally:
+            await client.close()
+
+
+async def test_a_burst_of_submissions_queues_without_timing_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests waiting for one of the SHORT_REQUESTS slots have not started their timeout: a burst of
+    slow submissions all get through (aiohttp's own limit would count the queueing as time taken)."""
+    from mailowl.analysis.cortex import SHORT_REQUESTS
+
+    burst = 3 * SHORT_REQUESTS
+    monkeypatch.setattr(cortex_module, "SHORT_TIMEOUT", 2.0)  # each request takes 0.5 s, the burst 1.5 s or more
+    with running(run_delay=0.5) as cortex:
+        client = CortexClient(_settings(cortex.url, retries=0))
+        await client.analyzer_id("FileInfo_8_0")
+        try:
+            jobs = await asyncio.gather(*[client.submit("FileInfo_8_0", "file", b"b%d" % i,
+                                                        hashlib.sha256(b"b%d" % i).hexdigest(), None, None, None)
+                                          for i in range(burst)])
+            assert len(set(jobs)) == burst
+        finally:
+            await client.close()
+
+
+async def test_file_names_reach_cortex_as_written() -> None:
+    with running() as cortex:
+        client = CortexClient(_settings(cortex.url))
+        try:
+            name = 'Rechnung März "final".pdf'
+            job = await client.submit("FileInfo_8_0", "file", b"%PDF-1.4", "00" * 32, name, "pdf", "application/pdf")
+            assert cortex.jobs[job].filename == name
+        finally:
+            await client.close()
+
+
+async def test_answers_nested_too_deep_are_malformed() -> None:
+    """Deeper than orjson's 1,024 levels: refused as malformed, not a RecursionError out of the client."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # for the stand-in's own json.dumps of the answer
+    with running(report=lambda job: {"full": json.loads("[" * 1100 + "]" * 1100)}) as cortex:
+        client = CortexClient(_settings(cortex.url))
+        try:
+            job = await client.submit("FileInfo_8_0", "file", b"x", "00" * 32, None, None, None)
+            with pytest.raises(CortexError) as exc:
+                await client.status(job, 30)
+            assert exc.value.kind == "malformed"
+        finally:
+            await client.close()
+            sys.setrecursionlimit(limit)
+
+
+def test_one_client_serves_one_event_loop_after_another() -> None:
+    """Tests and embedders run the client in several asyncio.run()s: each loop gets its own sessions."""
+    with running() as cortex:
+        client = CortexClient(_settings(cortex.url))
+        for _ in range(2):
+            assert asyncio.run(client.analyzer_id("FileInfo_8_0")) == "fi-1"
+            client._analyzers.clear()
+        asyncio.run(client.close())

@@ -13,13 +13,15 @@ worst taxonomy ``level`` and its ``artifacts``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 
 #: expression name -> (Cortex analyzer, data type) of the analyzers PeekabooAV 2.1 knows
 KNOWN: dict[str, tuple[str, str]] = {
@@ -54,7 +56,7 @@ class CortexFailed(RuntimeError):
 
 class CortexError(RuntimeError):
     """A request to Cortex failed; ``kind`` names how, for metrics: connection, http_5xx, http_4xx,
-    auth, malformed, analyzer."""
+    auth, malformed, too_large (an answer over MAX_ANSWER), analyzer."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -287,90 +289,113 @@ def empty_report(name: str) -> AnalyzerReport:
 
 
 # the client ------------------------------------------------------------------------------------------------
-#: long waits per HTTP client (see CortexClient._waits), and short requests at a time
-WAIT_SHARD = 32
+#: short requests (search, run, report) in flight at a time; a burst of submissions queues behind them
+SHORT_REQUESTS = 32
+#: seconds a short request may take, from when it has a slot
+SHORT_TIMEOUT = 30.0
+#: the most of a Cortex answer that is read: reports of sandbox analyzers run to megabytes, not more
+MAX_ANSWER = 64 * 2**20
+
+
+@dataclass(slots=True)
+class Answer:
+    status_code: int
+    body: bytes
 
 
 class CortexClient:
-    """Cortex's REST API, asynchronous. Connection errors and 5xx answers are retried with exponential
-    backoff (``backoff * 2**n`` seconds, ``retries`` times); 401/403 is a configuration error."""
+    """Cortex's REST API, asynchronous (aiohttp: a waiting sample costs a third of httpx's CPU per answer,
+    see BENCHMARKS.md). Connection errors and 5xx answers are retried with exponential backoff
+    (``backoff * 2**n`` seconds, ``retries`` times); 401/403 is a configuration error."""
 
-    def __init__(self, settings: CortexSettings, transport: httpx.AsyncBaseTransport | None = None,
-                 on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: CortexSettings, on_error: Callable[[str], None] | None = None) -> None:
         self.settings = settings
-        self._transport = transport
-        # few idle connections kept: httpcore polls every idle one for readability on each request
-        self._http = self._client(8)
-        #: clients holding the long ``waitreport`` requests, and how many each holds: httpcore's pool looks at
-        #: every connection it has on each request and each answer, so a thousand waits in one pool cost a
-        #: million checks; shards of WAIT_SHARD keep that linear
-        self._waits: dict[httpx.AsyncClient, int] = {}
-        self._slots = asyncio.Semaphore(WAIT_SHARD)
+        self._base = settings.url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+        #: made on first use, again in another event loop: aiohttp binds a session to the running loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._short: aiohttp.ClientSession | None = None
+        #: the long ``waitreport`` requests: one per parked sample, none of them queued behind another
+        self._long: aiohttp.ClientSession | None = None
+        #: short requests in flight: a burst of submissions waits here, where its timeout has not started
+        self._slots = asyncio.Semaphore(SHORT_REQUESTS)
         self._analyzers: dict[str, str] = {}
         #: the last configuration error (wrong api_token), cleared by the next accepted request
         self.problem: str | None = None
         self.on_error = on_error or (lambda kind: None)
 
-    def _client(self, keepalive: int) -> httpx.AsyncClient:
-        settings = self.settings
-        headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
-        return httpx.AsyncClient(base_url=settings.url.rstrip("/"), headers=headers, transport=self._transport,
-                                 timeout=httpx.Timeout(30.0), follow_redirects=False,
-                                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=keepalive))
+    def _session(self, wait: bool) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # the old loop's sessions cannot be used (nor closed) here
+            self._loop, self._short, self._long = loop, None, None
+            self._slots = asyncio.Semaphore(SHORT_REQUESTS)
+        session = self._long if wait else self._short
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+            session = aiohttp.ClientSession(headers=self._headers, connector=connector, auto_decompress=True,
+                                            cookie_jar=aiohttp.DummyCookieJar())
+            if wait:
+                self._long = session
+            else:
+                self._short = session
+        return session
 
     async def close(self) -> None:
-        for client in [self._http, *self._waits]:
-            await client.aclose()
+        for session in (self._short, self._long):
+            if session is not None:
+                await session.close()
+        self._short = self._long = None
 
-    def _wait_client(self) -> httpx.AsyncClient:
-        client = min(self._waits, key=self._waits.__getitem__, default=None)
-        if client is None or self._waits[client] >= WAIT_SHARD:
-            client = self._client(0)  # a wait is long: a new connection costs less than polling idle ones
-            self._waits[client] = 0
-        self._waits[client] += 1
-        return client
-
-    async def _request(self, method: str, path: str, timeout: float = 30.0, wait: bool = False,
-                       **kwargs: Any) -> httpx.Response:
-        if not wait:
-            async with self._slots:  # a burst of submissions queues here, not in httpcore's pool (see _waits)
-                return await self._send(self._http, method, path, timeout, **kwargs)
-        client = self._wait_client()
-        try:
-            return await self._send(client, method, path, timeout, **kwargs)
-        finally:
-            self._waits[client] -= 1
-
-    async def _send(self, client: httpx.AsyncClient, method: str, path: str, timeout: float,
-                    **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, timeout: float | None = None, wait: bool = False,
+                       **kwargs: Any) -> Answer:
+        timeout = timeout if timeout is not None else SHORT_TIMEOUT
         attempt = 0
         while True:
             kind, message = "", ""
             try:
-                response = await client.request(method, path, timeout=timeout, **kwargs)
-            except httpx.TransportError as exc:
-                kind, message = "connection", f"Cortex at {self.settings.url} is unreachable: {type(exc).__name__}: {exc}"
+                session = self._session(wait)
+                async with contextlib.nullcontext() if wait else self._slots:
+                    answer = await self._send(session, method, path, timeout, **kwargs)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                what = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else "")
+                kind, message = "connection", f"Cortex at {self.settings.url} is unreachable: {type(exc).__name__}: {what}"
             else:
-                if response.status_code in (401, 403):
-                    self.problem = (f"Cortex refused the api_token ([cortex] api_token): HTTP {response.status_code} "
+                if answer.status_code in (401, 403):
+                    self.problem = (f"Cortex refused the api_token ([cortex] api_token): HTTP {answer.status_code} "
                                     f"on {path.split('?')[0]}")
                     self.on_error("auth")
                     raise CortexError("auth", self.problem)
-                if response.status_code < 500:
+                if answer.status_code < 500:
                     self.problem = None
-                    return response
-                kind, message = "http_5xx", f"Cortex answered HTTP {response.status_code} on {path.split('?')[0]}"
+                    return answer
+                kind, message = "http_5xx", f"Cortex answered HTTP {answer.status_code} on {path.split('?')[0]}"
             self.on_error(kind)
             if attempt >= self.settings.retries:
                 raise CortexError(kind, message)
             await asyncio.sleep(self.settings.backoff * 2 ** attempt)
             attempt += 1
 
+    async def _send(self, session: aiohttp.ClientSession, method: str, path: str, timeout: float,
+                    **kwargs: Any) -> Answer:
+        if callable(kwargs.get("data")):  # a multipart form is sent once: each attempt gets its own
+            kwargs["data"] = kwargs["data"]()
+        async with session.request(method, self._base + path, timeout=aiohttp.ClientTimeout(total=timeout),
+                                   allow_redirects=False, **kwargs) as response:
+            if (response.content_length or 0) > MAX_ANSWER:
+                raise _too_large(path)
+            chunks, size = [], 0
+            async for chunk in response.content.iter_any():
+                size += len(chunk)
+                if size > MAX_ANSWER:
+                    raise _too_large(path)
+                chunks.append(chunk)
+            return Answer(response.status, b"".join(chunks))
+
     @staticmethod
-    def _json(response: httpx.Response, what: str) -> Any:
+    def _json(response: Answer, what: str) -> Any:
         try:
-            return response.json()
-        except (ValueError, json.JSONDecodeError):
+            return orjson.loads(response.body)
+        except ValueError:  # not JSON, or nested deeper than orjson's limit of 1,024
             raise CortexError("malformed", f"Cortex sent no JSON for {what} (HTTP {response.status_code})") from None
 
     async def analyzer_id(self, name: str) -> str:
@@ -404,8 +429,12 @@ class CortexClient:
             name = f"{sha256}.{extension}" if extension else sha256
             if self.settings.submit_original_filename and filename:
                 name = filename
-            kwargs = {"data": {"_json": json.dumps({"dataType": "file", "tlp": tlp})},
-                      "files": {"data": (name, content, type_declared or "application/octet-stream")}}
+            def form() -> aiohttp.FormData:
+                data = aiohttp.FormData(quote_fields=False)  # the file name as the sender wrote it, not %-encoded
+                data.add_field("_json", json.dumps({"dataType": "file", "tlp": tlp}))
+                data.add_field("data", content, filename=name, content_type=type_declared or "application/octet-stream")
+                return data
+            kwargs = {"data": form}
         response = await self._request("POST", f"/api/analyzer/{analyzer_id}/run", **kwargs)
         if response.status_code != 200:
             raise CortexError("http_4xx", f"Cortex answered HTTP {response.status_code} running {analyzer}")
@@ -420,7 +449,7 @@ class CortexClient:
         if wait > 0:
             path, timeout = f"/api/job/{job_id}/waitreport?atMost={max(1, int(wait))}seconds", wait + 30
         else:
-            path, timeout = f"/api/job/{job_id}/report", 30.0
+            path, timeout = f"/api/job/{job_id}/report", SHORT_TIMEOUT
         response = await self._request("GET", path, timeout=timeout, wait=wait > 0)
         if response.status_code == 404 and wait > 0:
             raise CortexError("no_waitreport", f"Cortex has no waitreport for job {job_id}")
@@ -430,6 +459,10 @@ class CortexClient:
         if not isinstance(body, dict) or not isinstance(body.get("status"), str):
             raise CortexError("malformed", f"Cortex's answer for job {job_id} has no status")
         return body["status"], body.get("report")
+
+
+def _too_large(path: str) -> CortexError:
+    return CortexError("too_large", f"Cortex's answer on {path.split('?')[0]} is larger than {MAX_ANSWER // 2**20} MiB")
 
 
 def ended(status: str) -> bool:
