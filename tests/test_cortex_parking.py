@@ -153,6 +153,39 @@ async def test_a_malformed_report_fails_the_sample(cortex: CortexStandIn, servic
     assert job.result == Result.failed and "malformed report" in (job.reason or "")
 
 
+async def test_an_oversized_answer_fails_the_sample_at_once(cortex: CortexStandIn, service: AnalysisService,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailowl.analysis import cortex as module
+
+    monkeypatch.setattr(module, "MAX_ANSWER", 300)  # a FileInfo report is about 1 KB
+    job = await verdict(service, b"EVIL")
+    assert job.result == Result.failed and "malformed answer" in (job.reason or "")
+    assert "larger than" in (job.reason or "")
+    waits = [path for method, path in cortex.requests if path.endswith("/waitreport")]
+    assert len(waits) == 1  # not asked again every poll_interval until maximum_job_age
+
+
+async def test_the_second_run_keeps_the_file_type_of_the_first(cortex: CortexStandIn, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """libmagic is most of what running the ruleset again costs: its answer is kept while the sample is
+    parked, and the report it is in gets the sample's bytes back (type_as_text is read after the report)."""
+    from mailowl.analysis import filetype
+
+    calls: list[int] = []
+    real = filetype.type_by_content
+    monkeypatch.setattr(filetype, "type_by_content", lambda content: calls.append(1) or real(content))
+    expressions = ["filereport.type_by_content == 'application/x-nothing' -> good",
+                   "cortexreport.FileInfoReport.level == 'malicious' and filereport.type_as_text != '' -> bad"]
+    svc = await start(cortex.url, f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", expressions=expressions)
+    try:
+        job = await verdict(svc, b"EVIL as plain text")
+    finally:
+        await finish(svc)
+    assert job.result == Result.bad
+    assert len(calls) == 1
+    assert "ASCII text" in (job.rule_facts or "") and '"type_by_content":"text/plain"' in (job.rule_facts or "")
+
+
 async def test_maximum_job_age(cortex: CortexStandIn, tmp_path: Path) -> None:
     cortex.final = "never"
     svc = await start(cortex.url, f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", maximum_job_age=1.0)
@@ -203,6 +236,14 @@ async def test_worker_processes_park_too(cortex: CortexStandIn, service: Analysi
     assert len(cortex.submissions()) == 1
 
 
+async def _resumed_bad(svc: AnalysisService, job: Job) -> None:
+    """After a restart: the one parked sample is tracked again and its job gets the report's verdict."""
+    assert svc.parking is not None and len(svc.parking.parked) == 1
+    resumed = svc._in_flight[job.identity][0]
+    await resumed.wait(60)
+    assert (resumed.id, resumed.result) == (job.id, Result.bad)
+
+
 async def test_a_restart_resumes_tracking(cortex: CortexStandIn, store_url: str) -> None:
     cortex.delay = 3.0
     svc = await start(cortex.url, store_url)
@@ -215,14 +256,65 @@ async def test_a_restart_resumes_tracking(cortex: CortexStandIn, store_url: str)
     assert not job.finished
     svc = await start(cortex.url, store_url)
     try:
-        assert svc.parking is not None and len(svc.parking.parked) == 1
-        resumed = svc._in_flight[job.identity][0]
-        await resumed.wait(60)
-        assert (resumed.id, resumed.result) == (job.id, Result.bad)
+        await _resumed_bad(svc, job)
         assert len(cortex.submissions()) == 1  # tracked again, not submitted again
         await svc.store.flush()
         stored = await svc.store.get_job(job.id)
         assert stored is not None and stored.result == Result.bad
+    finally:
+        await finish(svc)
+
+
+async def test_a_restart_resumes_many_samples_whose_cortex_jobs_have_ended(cortex: CortexStandIn,
+                                                                          store_url: str) -> None:
+    """Cortex finished the jobs while mailowl was down: every resumed sample's answer comes at once, while
+    the other rows are still being read. Each must reach its jobs (a sample answered before its jobs were
+    in flight again used to be dropped, its job pending for ever)."""
+    cortex.delay = 1.0
+    svc = await start(cortex.url, store_url)
+    jobs = [await svc.submit(Sample(b"EVIL many %d" % i, filename=f"m{i}.bin")) for i in range(20)]
+    deadline = time.monotonic() + 30
+    while len(cortex.submissions()) < 20 or any(j.remote_job is None for j in svc.parking.parked.values()):  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "not all samples were parked"
+        await asyncio.sleep(0.05)
+    await finish(svc)
+    await asyncio.sleep(1.5)  # Cortex ends every job meanwhile
+    svc = await start(cortex.url, store_url)
+    live = {job.id: job for waiting in svc._in_flight.values() for job in waiting}  # before any can finish
+    try:
+        assert sorted(live) == sorted(job.id for job in jobs)
+        for job in live.values():
+            await job.wait(60)
+            assert job.result == Result.bad, (job.id, job.state, job.result)
+        assert len(cortex.submissions()) == 20
+    finally:
+        await finish(svc)
+
+
+async def test_a_stop_while_the_answer_is_read_back_keeps_the_sample_parked(
+        cortex: CortexStandIn, store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cortex has answered, and the sample's row is being read back when mailowl stops: the row stays, and
+    the next start resumes the sample and answers its job (never "interrupted")."""
+    from mailowl.store import parked as parked_table
+
+    monkeypatch.setattr(parked_table, "_GATHER", 3.0)  # the read-back waits long enough to stop meanwhile
+    cortex.delay = 0.5
+    svc = await start(cortex.url, store_url)
+    job = await svc.submit(Sample(b"EVIL read back", filename="r.bin"))
+    deadline = time.monotonic() + 30
+    while not svc.store.parked._reads._waiting:
+        assert time.monotonic() < deadline, "the answer never came"
+        await asyncio.sleep(0.05)
+    await finish(svc)
+    assert not job.finished
+    monkeypatch.setattr(parked_table, "_GATHER", 0.02)
+    svc = await start(cortex.url, store_url)
+    try:
+        await _resumed_bad(svc, job)
+        deadline = time.monotonic() + 30
+        while await svc.store.parked.all_rows():  # deleted once the sample is back in the queue
+            assert time.monotonic() < deadline, "the parked row was never deleted"
+            await asyncio.sleep(0.05)
     finally:
         await finish(svc)
 

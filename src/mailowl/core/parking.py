@@ -16,11 +16,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
-
-import httpx
 
 from mailowl import metrics
 from mailowl.analysis.cortex import (
@@ -32,6 +30,7 @@ from mailowl.analysis.cortex import (
     NeedsRemote,
     validate,
 )
+from mailowl.analysis.filetype import FileReport
 from mailowl.analysis.sample import Sample
 from mailowl.store import Job, Store
 
@@ -61,26 +60,27 @@ class Parked:
     written: list[int] = field(default_factory=list)
     #: one write of the row's job ids at a time, so the last one written is the newest list
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: libmagic's answer from the first run, without the bytes (see _unpark)
+    filetype: FileReport | None = None
 
 
 class Parking:
-    def __init__(self, settings: CortexSettings, store: Store, resume: Callable[[str, Sample], None],
-                 fail: Callable[[str, str], None], clock: Callable[[], float] = time.time,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: CortexSettings, store: Store, resume: Callable[[str, Sample], bool],
+                 fail: Callable[[str, str], None], clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.store = store
-        #: hands a sample back to the service's queue under its in-flight key
+        #: hands a sample back to the service's queue under its in-flight key; False while stopping
         self.resume = resume
         #: answers a key's jobs failed when its sample cannot be handed back
         self.fail = fail
         self.clock = clock
-        self.client = CortexClient(settings, transport, on_error=self._error)
+        self.client = CortexClient(settings, on_error=self._error)
         self.parked: dict[int, Parked] = {}
         #: the same entries by in-flight key, for duplicates joining a parked sample
         self._by_key: dict[str, Parked] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        #: writes of joined jobs' ids: awaited, not cancelled, at stop, so a restart finds those jobs
-        self._joins: set[asyncio.Task[None]] = set()
+        #: short writes (joined jobs' ids, remote jobs' ids): awaited, not cancelled, at stop, so a restart finds them
+        self._writes: set[asyncio.Task[None]] = set()
         #: waitreport works (until Cortex answers 404 for it)
         self._wait = settings.wait > 0
 
@@ -108,9 +108,14 @@ class Parking:
     def _write_job_ids(self, entry: Parked) -> None:
         if [job.id for job in entry.jobs if job.id > 0] == entry.written:
             return
-        task = asyncio.get_running_loop().create_task(self._job_ids(entry))
-        self._joins.add(task)
-        task.add_done_callback(self._joins.discard)
+        self._short_write(self._job_ids(entry))
+
+    def _short_write(self, write: Any) -> asyncio.Task[None]:
+        """A write that a stop waits for instead of cancelling it: what a restart must find."""
+        task = asyncio.get_running_loop().create_task(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
 
     async def _job_ids(self, entry: Parked) -> None:
         async with entry.writing:
@@ -150,6 +155,9 @@ class Parking:
         entry = Parked(row, key, sample.identity, analyzer, data_type, None, now,
                        now + self.settings.maximum_job_age, sample.filename, sample.type_declared,
                        sample.content_disposition, reports, jobs, ids)
+        filetype = sample.reports.get("filereport")
+        if isinstance(filetype, FileReport):
+            entry.filetype = replace(filetype, content=b"")
         self.parked[row] = entry
         self._by_key[key] = entry
         self._write_job_ids(entry)  # those that joined while the row was written
@@ -166,7 +174,7 @@ class Parking:
         """After a restart: track every parked row again (in cluster mode: those of ``ids``, which this
         instance has claimed). Returns (key, jobs) of each, for the service's in-flight table; rows whose
         jobs are all gone are dropped."""
-        resumed = []
+        entries = []
         for row in await self.store.parked.all_rows(ids):
             jobs = [job for job in [await jobs_by_id(i) for i in row.job_ids] if job is not None and not job.finished]
             if not jobs:
@@ -177,10 +185,14 @@ class Parking:
                            row.type_declared, row.content_disposition, row.reports, jobs, row.job_ids)
             self.parked[row.id] = entry
             self._by_key[entry.key] = entry
-            resumed.append((entry.key, jobs))
+            entries.append(entry)
+        # tracking starts only now, with nothing awaited after it: the caller puts the jobs in its in-flight
+        # table before any of them can run. Started during the loop above, a job Cortex had finished already
+        # was answered while later rows were read, before its key was in flight, and its sample was dropped
+        for entry in entries:
             self._spawn(self._resume(entry))
         metrics.PARKED.set(len(self.parked))
-        return resumed
+        return [(entry.key, entry.jobs) for entry in entries]
 
     # tracking ------------------------------------------------------------------------------------------
     async def _resume(self, entry: Parked) -> None:
@@ -220,7 +232,8 @@ class Parking:
                 log.warning("submitting sample %s to Cortex failed: %s", probe.sha256, exc)
             self._error("submit")
             return f"Cortex analysis could not be submitted to {entry.analyzer}: {exc}"
-        await self.store.parked.set_remote_job(entry.row, entry.remote_job)
+        # a stop waits for this write: without the remote job's id, a restart would submit the sample again
+        await asyncio.shield(self._short_write(self.store.parked.set_remote_job(entry.row, entry.remote_job)))
         log.info("sample %s parked: Cortex job %s of %s", probe.sha256, entry.remote_job, entry.analyzer)
         return None
 
@@ -240,6 +253,9 @@ class Parking:
                 if exc.kind == "no_waitreport":
                     self._wait = False
                     continue
+                if exc.kind == "too_large":  # asking again would fetch the same answer
+                    self._error("too_large")
+                    return f"Cortex analyzer {entry.analyzer} sent a malformed answer (job {job}): {exc}"
                 (log.error if exc.kind == "auth" else log.warning)("Cortex job %s: %s", job, exc)
                 await asyncio.sleep(min(self.settings.poll_interval, max(left, 0.01)))
                 continue
@@ -260,29 +276,46 @@ class Parking:
 
     async def _unpark(self, entry: Parked, failure: str | None) -> None:
         try:
-            content = await self.store.parked.take(entry.row)
+            content = await self.store.parked.contents(entry.row)
+        except asyncio.CancelledError:
+            raise  # shutdown: the row stays, the next start resumes it
         except Exception as exc:
             log.error("parked sample %s could not be read back: %s", entry.identity, exc)
             content = None
-        self.parked.pop(entry.row, None)
-        if self._by_key.get(entry.key) is entry:
-            del self._by_key[entry.key]
-        metrics.PARKED.set(len(self.parked))
         if content is None:
+            self._forget(entry)
             self.fail(entry.key, failure or "Cortex analysis failed: the parked sample could not be read back")
             return
         sample = Sample(content, filename=entry.filename, type_declared=entry.type_declared,
                         content_disposition=entry.content_disposition)
         sample.reports[_ANALYSER] = CortexReport(entry.reports, failure)
-        self.resume(entry.key, sample)
+        if entry.filetype is not None:
+            # the same bytes get the same file type: libmagic is most of what running the ruleset again
+            # costs (BENCHMARKS.md, "Cortex parking"); the other reports are computed again
+            sample.reports["filereport"] = replace(entry.filetype, content=content)
+        if not self.resume(entry.key, sample):
+            return  # stopping: still parked here and in the store, the next start resumes it
+        self._forget(entry)
+        try:  # only now: until the sample is back in the queue, a restart must find it here
+            await self.store.parked.discard(entry.row)
+        except Exception as exc:  # the next start finds the row; its jobs, if answered by then, drop it
+            log.warning("parked row of sample %s could not be deleted: %s", entry.identity, exc)
+
+    def _forget(self, entry: Parked) -> None:
+        self.parked.pop(entry.row, None)
+        if self._by_key.get(entry.key) is entry:
+            del self._by_key[entry.key]
+        metrics.PARKED.set(len(self.parked))
 
     async def stop(self) -> None:
-        if self._joins:  # short writes: a restart must find the jobs that joined
-            await asyncio.gather(*self._joins, return_exceptions=True)
+        if self._writes:  # short writes: a restart must find the jobs that joined and the remote jobs' ids
+            await asyncio.gather(*self._writes, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._writes:  # started by a submission that ended while the tracking was cancelled
+            await asyncio.gather(*self._writes, return_exceptions=True)
         self.parked.clear()
         self._by_key.clear()
         metrics.PARKED.set(0)

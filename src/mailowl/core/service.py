@@ -368,15 +368,19 @@ class AnalysisService:
         metrics.QUEUE_DEPTH.set(self.pending)
         self.parking.park(key, sample, self._in_flight.get(key, []), need)
 
-    def _unparked(self, key: str, sample: Sample) -> None:
-        """Cortex has answered (or failed): the ruleset runs again from the start with the report."""
-        if self._stopping or key not in self._in_flight:
-            return
+    def _unparked(self, key: str, sample: Sample) -> bool:
+        """Cortex has answered (or failed): the ruleset runs again from the start with the report. False
+        while stopping: the sample stays parked in the store for the next start."""
+        if self._stopping:
+            return False
+        if key not in self._in_flight:
+            return True
         self.pending += 1
         metrics.QUEUE_DEPTH.set(self.pending)
         task = asyncio.get_running_loop().create_task(self._look_up(key, sample))
         self._lookups.add(task)
         task.add_done_callback(self._lookups.discard)
+        return True
 
     def _park_failed(self, key: str, reason: str) -> None:
         now = datetime.now(UTC)
