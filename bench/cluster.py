@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.header import run_header  # noqa: E402
 from bench.load import Round, _one, make_samples  # noqa: E402
-from tests.conftest import MARIADB, POSTGRES, _admin  # noqa: E402
+from tests.conftest import fresh_database  # noqa: E402
 from tests.server import Server  # noqa: E402
 
 
@@ -47,34 +47,24 @@ async def _round(ports: list[int], items: list[tuple[str, bytes]], clients: int)
     return stats.summary(len(items))
 
 
-def _database(kind: str) -> tuple[str, str, str]:
-    """A fresh database: (url, admin url, name)."""
-    name = f"mailowl_bench_{uuid.uuid4().hex[:8]}"
-    admin = MARIADB if kind == "mariadb" else f"{POSTGRES}/postgres"
-    base = MARIADB if kind == "mariadb" else POSTGRES
-    asyncio.run(_admin(admin, f"CREATE DATABASE {name}"))
-    return f"{base}/{name}", admin, name
-
-
 def measure(kind: str, instances: int, samples: int, clients: int, seed: int, src: str | None) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix=f"mailowl-bench-{kind}-"))
-    url, admin, name = ("", "", "") if kind == "sqlite" else _database(kind)
-    config = f'[store]\nurl = "{url}"\n[queue]\nsize = 100000\n' if url else "[queue]\nsize = 100000\n"
-    env = {"PYTHONPATH": src} if src else {}
-    servers: list[Server] = []
-    try:
-        servers = [Server(tmp / f"i{i}", config, ruleset=str(ROOT / "bench" / "ruleset.conf"), env=env)
-                   for i in range(instances)]
-        ports = [s.port for s in servers]
-        items = make_samples(samples, seed)
-        fresh = asyncio.run(_round(ports, items, clients))
-        cached = asyncio.run(_round(ports, items, clients))
-        return {"fresh": fresh, "cached": cached}
-    finally:
-        for server in servers:
-            server.stop()
-        if name:
-            asyncio.run(_admin(admin, f"DROP DATABASE {name}"))
+    with contextlib.ExitStack() as stack:
+        url = "" if kind == "sqlite" else stack.enter_context(fresh_database(kind, "mailowl_bench"))
+        config = f'[store]\nurl = "{url}"\n[queue]\nsize = 100000\n' if url else "[queue]\nsize = 100000\n"
+        env = {"PYTHONPATH": src} if src else {}
+        servers: list[Server] = []
+        try:
+            servers = [Server(tmp / f"i{i}", config, ruleset=str(ROOT / "bench" / "ruleset.conf"), env=env)
+                       for i in range(instances)]
+            ports = [s.port for s in servers]
+            items = make_samples(samples, seed)
+            fresh = asyncio.run(_round(ports, items, clients))
+            cached = asyncio.run(_round(ports, items, clients))
+            return {"fresh": fresh, "cached": cached}
+        finally:
+            for server in servers:
+                server.stop()
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,20 +27,27 @@ async def _admin(url: str, statement: str) -> None:
         await engine.dispose()
 
 
+@contextlib.contextmanager
+def fresh_database(backend: str, prefix: str = "mailowl_test") -> Iterator[str]:
+    """The URL of a new, empty database on the machine's MariaDB or PostgreSQL; dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    server = MARIADB if backend == "mariadb" else f"{POSTGRES}/postgres"
+    base = MARIADB if backend == "mariadb" else POSTGRES
+    asyncio.run(_admin(server, f"CREATE DATABASE {name}"))
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(_admin(server, f"DROP DATABASE {name}"))
+
+
 @pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database on each backend; dropped afterwards."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
         return
-    name = f"mailowl_test_{uuid.uuid4().hex[:10]}"
-    server = MARIADB if request.param == "mariadb" else f"{POSTGRES}/postgres"
-    base = MARIADB if request.param == "mariadb" else POSTGRES
-    asyncio.run(_admin(server, f"CREATE DATABASE {name}"))
-    try:
-        yield f"{base}/{name}"
-    finally:
-        asyncio.run(_admin(server, f"DROP DATABASE {name}"))
+    with fresh_database(request.param) as url:
+        yield url
 
 
 @pytest.fixture

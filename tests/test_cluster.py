@@ -22,7 +22,6 @@ import re
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import pytest
 
 from mailowl.analysis.sample import Sample
 
-from .conftest import MARIADB, POSTGRES, _admin
+from .conftest import fresh_database
 from .server import Server
 
 SUBMISSIONS = 5000
@@ -45,14 +44,8 @@ _RULES = Path(__file__).parent.parent / "src/mailowl/defaults/ruleset.toml"
 
 @pytest.fixture(params=["mariadb", "postgresql"])
 def shared_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"mailowl_cluster_{uuid.uuid4().hex[:10]}"
-    server = MARIADB if request.param == "mariadb" else f"{POSTGRES}/postgres"
-    base = MARIADB if request.param == "mariadb" else POSTGRES
-    asyncio.run(_admin(server, f"CREATE DATABASE {name}"))
-    try:
-        yield f"{base}/{name}"
-    finally:
-        asyncio.run(_admin(server, f"DROP DATABASE {name}"))
+    with fresh_database(request.param, "mailowl_cluster") as url:
+        yield url
 
 
 def _samples(rnd: random.Random) -> list[tuple[str, bytes]]:

@@ -8,20 +8,23 @@ import asyncio
 import contextlib
 import functools
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mailowl.store.checkpoint import Checkpoints
 from mailowl.store.migrate import upgrade
 
 #: seconds to connect to MariaDB / PostgreSQL before the attempt counts as an outage
 CONNECT_TIMEOUT = 5
+#: seconds a pooled connection may sit idle and still be used without a ping first
+IDLE_PING = 1.0
 _CONNECT_TIMEOUT_ARG = {"asyncpg": "timeout", "asyncmy": "connect_timeout", "aiomysql": "connect_timeout"}
 
 
@@ -39,6 +42,28 @@ def reading() -> Iterator[None]:
         raise StoreError(f"the database is unavailable: {exc}") from exc
 
 
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """A pooled connection that sat idle longer than IDLE_PING is pinged before use, and replaced if the
+    server has gone away meanwhile (a restart), so the store reconnects by itself. SQLAlchemy's
+    pool_pre_ping would ping before every use: a round trip per transaction, about a tenth of the event
+    loop under load (BENCHMARKS.md, "Cluster mode"). A connection busy a moment ago that dies with the
+    server fails its transaction once; that error invalidates the whole pool."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the pool drops this connection and checks out another
+            raise DisconnectionError(f"the database connection went away while idle: {exc}") from exc
+
+
 class Database:
     def __init__(self, url: str, sqlite_synchronous: str = "normal") -> None:
         self.url = url
@@ -53,7 +78,7 @@ class Database:
         self.sqlite_reader: sqlite3.Connection | None = None
         self.checkpoints: Checkpoints | None = None
 
-    @property
+    @functools.cached_property
     def backend(self) -> str:
         return make_url(self.url).get_backend_name()
 
@@ -65,8 +90,7 @@ class Database:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
         elif not sqlite:
-            # pre-ping: a connection that died with the server is replaced, so the store reconnects by itself
-            kwargs.update(pool_size=8, max_overflow=8, pool_pre_ping=True, pool_recycle=3600)
+            kwargs.update(pool_size=8, max_overflow=8, pool_recycle=3600)
             # an unreachable server (not a refusing one) must not hold requests for the drivers' 60 s default
             timeout = _CONNECT_TIMEOUT_ARG.get(url.get_driver_name())
             if timeout is not None:
@@ -75,6 +99,8 @@ class Database:
         pragmas = functools.partial(sqlite_pragmas, synchronous=self.sqlite_synchronous)
         if sqlite:
             event.listen(engine.sync_engine, "connect", pragmas)
+        else:
+            _ping_when_idle(engine)
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(upgrade)
@@ -92,6 +118,17 @@ class Database:
             await engine.dispose()
             raise StoreError(f"store {url.render_as_string(hide_password=True)}: {exc}") from exc
         self.engine = engine
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads outside any transaction. On PostgreSQL in autocommit mode: no BEGIN and
+        no ROLLBACK around the query, two round trips fewer (asyncpg switches it without asking the
+        server); MariaDB would ask the server to switch, so it reads as before."""
+        assert self.engine is not None
+        async with self.engine.connect() as conn:
+            if self.backend == "postgresql":
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
     async def close(self) -> None:
         if self.engine is not None:

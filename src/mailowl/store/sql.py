@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import Table, bindparam, update
@@ -9,6 +10,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from mailowl.store.models import jobs
+
+# MariaDB answers INSERT IGNORE of a row that is there with a note, which asyncmy logs as a WARNING per row:
+# a duplicate is what insert_ignoring_duplicates is for, not something for the administrator's log
+logging.getLogger("asyncmy").setLevel(logging.ERROR)
 
 #: a finished job's new state, by ``b_id``: executemany with one dict per job
 update_job = (update(jobs).where(jobs.c.id == bindparam("b_id"))

@@ -152,8 +152,7 @@ class VerdictCache:
             for start in range(0, len(ids), _CHUNK):
                 _fetch_sqlite(self.db.sqlite_reader, ids[start:start + _CHUNK], found)
             return found
-        assert self.db.engine is not None
-        async with self.db.engine.connect() as conn:
+        async with self.db.read() as conn:
             for start in range(0, len(ids), _CHUNK):
                 stmt = (select(jobs.c.identity, jobs.c.finished_at, jobs.c.result, jobs.c.reason)
                         .where(jobs.c.identity.in_(ids[start:start + _CHUNK]), jobs.c.state == DONE,

@@ -206,7 +206,7 @@ class WorkQueue:
     async def existing(self, keys: list[str]) -> set[str]:
         assert self.db.engine is not None
         with reading():
-            async with self.db.engine.connect() as conn:
+            async with self.db.read() as conn:
                 return set((await conn.execute(select(work.c.key).where(work.c.key.in_(keys)))).scalars())
 
     async def finished_jobs(self, ids: list[int]) -> list[Any]:
@@ -214,7 +214,7 @@ class WorkQueue:
         assert self.db.engine is not None
         found: list[Any] = []
         with reading():
-            async with self.db.engine.connect() as conn:
+            async with self.db.read() as conn:
                 for start in range(0, len(ids), 500):
                     query = select(jobs).where(jobs.c.id.in_(ids[start:start + 500]), ~_PENDING)
                     found.extend((await conn.execute(query)).mappings().all())
