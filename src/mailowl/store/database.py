@@ -42,6 +42,22 @@ def reading() -> Iterator[None]:
         raise StoreError(f"the database is unavailable: {exc}") from exc
 
 
+#: a transaction the server aborted to break a deadlock, or for a serialization conflict: PostgreSQL's
+#: SQLSTATEs, MariaDB's error numbers (1213 deadlock; a lock wait timeout, 1205, is not: it took long already)
+_CONFLICT_STATES = frozenset({"40P01", "40001"})
+_CONFLICT_ERRORS = frozenset({1213})
+
+
+def lost_conflict(exc: BaseException) -> bool:
+    """The transaction was chosen as a deadlock's victim (or lost a serialization conflict): running it
+    again at once succeeds, the other transaction having gone on."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in _CONFLICT_STATES:
+        return True
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] in _CONFLICT_ERRORS
+
+
 def _ping_when_idle(engine: AsyncEngine) -> None:
     """A pooled connection that sat idle longer than IDLE_PING is pinged before use, and replaced if the
     server has gone away meanwhile (a restart), so the store reconnects by itself. SQLAlchemy's

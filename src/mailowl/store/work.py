@@ -81,14 +81,21 @@ class WorkItem:
     content_disposition: str | None
 
 
+# built once (a statement's construction and cache key cost more than its execution's share of the CPU)
+_OWNERS = select(work.c.key, work.c.owner).where(work.c.key.in_(bindparam("keys", expanding=True)))
+_KNOWN = select(jobs.c.identity).where(
+    jobs.c.identity.in_(bindparam("identities", expanding=True)), jobs.c.state == literal_column(f"'{DONE}'"),
+    jobs.c.result != literal_column(f"'{Result.failed.name}'")).distinct()
+_DELETE_WORK = delete(work).where(work.c.key.in_(bindparam("keys", expanding=True)))
+
+
 def write_claims(conn: Connection, claims: list[tuple[int, Claim]], run: str, now: datetime) -> None:
     """Insert the claims' rows (skipping keys that exist), then learn who owns each key."""
     rows = [{"key": c.key, "identity": c.identity, "job_id": job_id if c.force else None, "owner": run,
              "created_at": now, "filename": c.filename, "type_declared": c.type_declared,
              "content_disposition": c.content_disposition, "content": c.content} for job_id, c in claims]
     conn.execute(insert_ignoring_duplicates(work, conn.dialect.name), rows)
-    keys = [c.key for _, c in claims]
-    owners = dict(conn.execute(select(work.c.key, work.c.owner).where(work.c.key.in_(keys))).all())
+    owners = dict(conn.execute(_OWNERS, {"keys": [c.key for _, c in claims]}).all())
     for _, claim in claims:
         # a key without a row: its verdict was committed and the row deleted between the two statements
         claim.owner = owners.get(claim.key) or ""
@@ -96,9 +103,7 @@ def write_claims(conn: Connection, claims: list[tuple[int, Claim]], run: str, no
     # then): asked here, in the same transaction, rather than by a second lookup for every won claim
     won = {c.identity for _, c in claims if c.owner == run and not c.force}
     if won:
-        known = set(conn.execute(select(jobs.c.identity).where(
-            jobs.c.identity.in_(won), jobs.c.state == literal_column(f"'{DONE}'"),
-            jobs.c.result != literal_column(f"'{Result.failed.name}'")).distinct()).scalars())
+        known = set(conn.execute(_KNOWN, {"identities": list(won)}).scalars())
         for _, claim in claims:
             claim.verdict_since = claim.identity in known and claim.owner == run
 
@@ -112,7 +117,9 @@ _BY_ID = update(jobs).where(jobs.c.id == bindparam("b_id"), _PENDING).values({c:
 
 
 def write_finishes(conn: Connection, finishes: list[Finish]) -> None:
-    """One statement per kind for the whole group commit (executemany), not two per key."""
+    """One statement per kind for the whole group commit (executemany), not two per key; in key order, like
+    the writer's other rows (no deadlock between two commits in flight)."""
+    finishes = sorted(finishes, key=lambda f: f.key)
     shared = [{**f.values, "b_identity": f.identity} for f in finishes if f.job_id is None]
     forced = [{**f.values, "b_id": f.job_id} for f in finishes if f.job_id is not None]
     if shared:
@@ -121,7 +128,7 @@ def write_finishes(conn: Connection, finishes: list[Finish]) -> None:
         conn.execute(_BY_ID, forced)
     keys = [f.key for f in finishes]
     for start in range(0, len(keys), 500):
-        conn.execute(delete(work).where(work.c.key.in_(keys[start:start + 500])))
+        conn.execute(_DELETE_WORK, {"keys": keys[start:start + 500]})
 
 
 class WorkQueue:

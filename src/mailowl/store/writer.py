@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from mailowl.store import sqlite_writes
-from mailowl.store.database import Database, StoreError
+from mailowl.store.database import Database, StoreError, lost_conflict
 from mailowl.store.jobs import Job
 from mailowl.store.messages import MessageRecord
 from mailowl.store.models import jobs, messages, samples
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 #: seconds between two attempts to commit while the database fails, doubling up to the second value: a
 #: submission waits at most this long for its 503, and a database that is back is used within it
 _RETRY_FIRST, _RETRY_MAX = 0.1, 2.0
+#: times a group commit that lost a deadlock runs again at once before it counts as a failed write
+_CONFLICT_RETRIES = 3
 #: loop turns the SQLite writer lets running requests queue their jobs before it commits (see _gather)
 _GATHER_TURNS = 4
 
@@ -186,10 +189,13 @@ class GroupCommit:
                      finishes: list[Finish]) -> None:
         message_rows = [m.row() for m in msgs]
         new_rows = [job_row(job, self.run) for job in inserts]
-        sample_rows = [{"sha256": job.facts["sha256"], "identity": job.identity} for job in inserts
-                       if not answered_by_cache(job)]
-        update_rows = [{**job_row(job, None), "b_id": job_id} for job_id, job in updates.items()]
-        claims = [(index, job.claim) for index, job in enumerate(inserts) if job.claim is not None]
+        # rows in key order: two instances' commits that insert the same keys at once lock them in the same
+        # order, so neither waits for the other in a deadlock
+        sample_rows = sorted(({"sha256": job.facts["sha256"], "identity": job.identity} for job in inserts
+                              if not answered_by_cache(job)), key=lambda row: (row["sha256"], row["identity"]))
+        update_rows = [{**job_row(job, None), "b_id": job_id} for job_id, job in sorted(updates.items())]
+        claims = sorted(((index, job.claim) for index, job in enumerate(inserts) if job.claim is not None),
+                        key=lambda item: item[1].key)
         sqlite = self.db.sqlite_writer
         if sqlite is not None:
             assert not claims and not finishes, "cluster mode runs on MariaDB and PostgreSQL only"
@@ -204,17 +210,34 @@ class GroupCommit:
                                               sample_rows)
         else:
             assert self.db.engine is not None
-            async with self.db.engine.begin() as conn:
-                ids = await conn.run_sync(_write_rows, new_rows, message_rows, update_rows, sample_rows)
-                if claims:
-                    now, run = datetime.now(UTC), self.run
-                    await conn.run_sync(lambda c: write_claims(c, [(ids[i], claim) for i, claim in claims], run, now))
-                if finishes:
-                    await conn.run_sync(write_finishes, finishes)
+            for attempt in range(_CONFLICT_RETRIES + 1):
+                try:
+                    ids = await self._transaction(new_rows, message_rows, update_rows, sample_rows, claims, finishes)
+                    break
+                except DBAPIError as exc:
+                    # another instance's transaction locked the same keys: this one was rolled back to let
+                    # it go on, and runs again now instead of failing its submissions with a 503
+                    if attempt == _CONFLICT_RETRIES or not lost_conflict(exc):
+                        raise
+                    log.info("group commit lost a lock conflict (%s); running it again", exc.orig)
         # committed: only now do the ids exist
         for job, job_id in zip(inserts, ids, strict=True):
             job.id, job._commit = job_id, None
             self._stored(job)
+
+    async def _transaction(self, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
+                           update_rows: list[dict[str, Any]], sample_rows: list[dict[str, Any]],
+                           claims: list[tuple[int, Claim]], finishes: list[Finish]) -> list[int]:
+        """One group commit on MariaDB or PostgreSQL; the new ids in row order."""
+        assert self.db.engine is not None
+        async with self.db.engine.begin() as conn:
+            ids = await conn.run_sync(_write_rows, new_rows, message_rows, update_rows, sample_rows)
+            if claims:
+                mine = [(ids[i], claim) for i, claim in claims]
+                await conn.run_sync(write_claims, mine, self.run, datetime.now(UTC))
+            if finishes:
+                await conn.run_sync(write_finishes, finishes)
+        return ids
 
 
 def _write_rows(conn: Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
