@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -24,8 +25,11 @@ update_job = (update(jobs).where(jobs.c.id == bindparam("b_id"))
                       facts=bindparam("facts")))
 
 
+@functools.cache
 def insert_ignoring_duplicates(table: Table, dialect: str) -> Any:
-    """INSERT that skips a row whose key is there already (another job of the identity, another instance)."""
+    """INSERT that skips a row whose key is there already (another job of the identity, another instance).
+    Built once per table and dialect: the hot paths use it, and building costs more than its share of the
+    execution."""
     if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     if dialect in ("mysql", "mariadb"):

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 _RETRY_FIRST, _RETRY_MAX = 0.1, 2.0
 #: times a group commit that lost a deadlock runs again at once before it counts as a failed write
 _CONFLICT_RETRIES = 3
+#: new jobs written as a single statement at most (SQLAlchemy splits larger inserts into several statements,
+#: which in autocommit would not be one transaction)
+_ONE_STATEMENT = 500
 #: loop turns the SQLite writer lets running requests queue their jobs before it commits (see _gather)
 _GATHER_TURNS = 4
 
@@ -230,6 +233,12 @@ class GroupCommit:
                            claims: list[tuple[int, Claim]], finishes: list[Finish]) -> list[int]:
         """One group commit on MariaDB or PostgreSQL; the new ids in row order."""
         assert self.db.engine is not None
+        if (self.db.backend == "postgresql" and 0 < len(new_rows) <= _ONE_STATEMENT
+                and not (message_rows or update_rows or sample_rows or claims or finishes)):
+            # only new jobs (cached verdicts): one INSERT, which in autocommit is a transaction of its own,
+            # committed (and flushed) before it answers; BEGIN and COMMIT would be two more round trips
+            async with self.db.read() as conn:
+                return await conn.run_sync(_write_rows, new_rows, [], [], [])
         async with self.db.engine.begin() as conn:
             ids = await conn.run_sync(_write_rows, new_rows, message_rows, update_rows, sample_rows)
             if claims:
@@ -240,16 +249,19 @@ class GroupCommit:
         return ids
 
 
+# built once (see sql.insert_ignoring_duplicates)
+_INSERT_JOBS = jobs.insert().returning(jobs.c.id, jobs.c.identity, sort_by_parameter_order=True)
+_INSERT_MESSAGES = messages.insert()
+
+
 def _write_rows(conn: Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
                 update_rows: list[dict[str, Any]], sample_rows: list[dict[str, Any]]) -> list[int]:
     """One group commit's statements through SQLAlchemy (MariaDB, PostgreSQL); the new ids in row order."""
-    ids = sqlite_writes.check_ids(list(conn.execute(
-        jobs.insert().returning(jobs.c.id, jobs.c.identity, sort_by_parameter_order=True), new_rows).all()),
-        new_rows) if new_rows else []
+    ids = sqlite_writes.check_ids(list(conn.execute(_INSERT_JOBS, new_rows).all()), new_rows) if new_rows else []
     if sample_rows:
         conn.execute(insert_ignoring_duplicates(samples, conn.dialect.name), sample_rows)
     if message_rows:
-        conn.execute(messages.insert(), message_rows)
+        conn.execute(_INSERT_MESSAGES, message_rows)
     if update_rows:
         conn.execute(update_job, update_rows)
     return ids
