@@ -43,8 +43,6 @@ _LOOKUP = (select(jobs.c.identity, jobs.c.finished_at, jobs.c.result, jobs.c.rea
            .where(jobs.c.identity.in_(bindparam("ids", expanding=True)), jobs.c.state == DONE,
                   jobs.c.result != _FAILED)
            .order_by(jobs.c.finished_at, jobs.c.id))
-_PG_LOOKUP = ("SELECT identity, finished_at, result, reason FROM jobs WHERE identity = ANY($1::text[]) "
-              f"AND state = '{DONE}' AND result != '{_FAILED}' ORDER BY finished_at, id")
 _SQLITE_TIME = jobs.c.finished_at.type.dialect_impl(sqlite_dialect.dialect()).result_processor(
     sqlite_dialect.dialect(), None)
 
@@ -161,14 +159,6 @@ class VerdictCache:
                 _fetch_sqlite(self.db.sqlite_reader, ids[start:start + _CHUNK], found)
             return found
         async with self.db.read() as conn:
-            if self.db.backend == "postgresql":
-                # the driver's own prepared statement with an array: one statement for any number of
-                # identities, no SQL built or compiled per lookup (the hot path of cluster mode)
-                driver = (await conn.get_raw_connection()).driver_connection
-                assert driver is not None
-                for row in await driver.fetch(_PG_LOOKUP, ids):
-                    _add(found, row[0], row[1], row[2], row[3])
-                return found
             for start in range(0, len(ids), _CHUNK):
                 for row in await conn.execute(_LOOKUP, {"ids": ids[start:start + _CHUNK]}):
                     _add(found, row.identity, row.finished_at, row.result, row.reason)
