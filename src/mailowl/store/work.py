@@ -118,7 +118,7 @@ _BY_ID = update(jobs).where(jobs.c.id == bindparam("b_id"), _PENDING).values({c:
 
 def write_finishes(conn: Connection, finishes: list[Finish]) -> None:
     """One statement per kind for the whole group commit (executemany), not two per key; in key order, like
-    the writer's other rows (no deadlock between two commits in flight)."""
+    the writer's other rows (two instances' commits lock shared keys in the same order)."""
     finishes = sorted(finishes, key=lambda f: f.key)
     shared = [{**f.values, "b_identity": f.identity} for f in finishes if f.job_id is None]
     forced = [{**f.values, "b_id": f.job_id} for f in finishes if f.job_id is not None]

@@ -236,7 +236,9 @@ class GroupCommit:
         if (self.db.backend == "postgresql" and 0 < len(new_rows) <= _ONE_STATEMENT
                 and not (message_rows or update_rows or sample_rows or claims or finishes)):
             # only new jobs (cached verdicts): one INSERT, which in autocommit is a transaction of its own,
-            # committed (and flushed) before it answers; BEGIN and COMMIT would be two more round trips
+            # committed (and flushed) before it answers; BEGIN and COMMIT would be two more round trips. If
+            # check_ids refused the returned ids, the rows stay without anyone holding their ids (503s):
+            # pending rows of this run, answered "interrupted" at its next start
             async with self.db.read() as conn:
                 return await conn.run_sync(_write_rows, new_rows, [], [], [])
         async with self.db.engine.begin() as conn:
