@@ -362,13 +362,13 @@ class CortexClient:
             else:
                 if answer.status_code in (401, 403):
                     self.problem = (f"Cortex refused the api_token ([cortex] api_token): HTTP {answer.status_code} "
-                                    f"on {path.split('?')[0]}")
+                                    f"on {_endpoint(path)}")
                     self.on_error("auth")
                     raise CortexError("auth", self.problem)
                 if answer.status_code < 500:
                     self.problem = None
                     return answer
-                kind, message = "http_5xx", f"Cortex answered HTTP {answer.status_code} on {path.split('?')[0]}"
+                kind, message = "http_5xx", f"Cortex answered HTTP {answer.status_code} on {_endpoint(path)}"
             self.on_error(kind)
             if attempt >= self.settings.retries:
                 raise CortexError(kind, message)
@@ -461,8 +461,13 @@ class CortexClient:
         return body["status"], body.get("report")
 
 
+def _endpoint(path: str) -> str:
+    """The path without its query, for messages."""
+    return path.split("?")[0]
+
+
 def _too_large(path: str) -> CortexError:
-    return CortexError("too_large", f"Cortex's answer on {path.split('?')[0]} is larger than {MAX_ANSWER // 2**20} MiB")
+    return CortexError("too_large", f"Cortex's answer on {_endpoint(path)} is larger than {MAX_ANSWER // 2**20} MiB")
 
 
 def ended(status: str) -> bool:

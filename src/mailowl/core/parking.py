@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -110,7 +110,7 @@ class Parking:
             return
         self._short_write(self._job_ids(entry))
 
-    def _short_write(self, write: Any) -> asyncio.Task[None]:
+    def _short_write(self, write: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A write that a stop waits for instead of cancelling it: what a restart must find."""
         task = asyncio.get_running_loop().create_task(write)
         self._writes.add(task)
@@ -276,7 +276,7 @@ class Parking:
 
     async def _unpark(self, entry: Parked, failure: str | None) -> None:
         try:
-            content = await self.store.parked.contents(entry.row)
+            content = await self.store.parked.content(entry.row)
         except asyncio.CancelledError:
             raise  # shutdown: the row stays, the next start resumes it
         except Exception as exc:

@@ -118,7 +118,7 @@ class ParkedTable:
         statement = delete(parked).where(parked.c.id == row_id)
         await self._run(lambda conn: conn.execute(statement))
 
-    async def contents(self, row_id: int) -> bytes | None:
+    async def content(self, row_id: int) -> bytes | None:
         """The sample's bytes (None if the row is gone), read together with the other rows asked for within
         _GATHER: a thousand Cortex answers in a few seconds cost some hundred transactions, not a thousand."""
         return await self._reads.ask(row_id, None)
@@ -126,11 +126,6 @@ class ParkedTable:
     async def discard(self, row_id: int) -> None:
         """Delete a row whose sample is back in the queue, together with the others deleted within _GATHER."""
         await self._deletes.ask(row_id, None)
-
-    async def content(self, row_id: int) -> bytes | None:
-        statement = select(parked.c.content).where(parked.c.id == row_id)
-        value = await self._run(lambda conn: conn.execute(statement).scalar())
-        return bytes(value) if value is not None else None
 
     async def all_rows(self, ids: list[int] | None = None) -> list[ParkedRow]:
         """Every row (or those of ``ids``), without the samples' bytes."""
