@@ -19,6 +19,7 @@ from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mailowl.store.checkpoint import Checkpoints
+from mailowl.store.link import PG_SETTINGS, Link
 from mailowl.store.migrate import upgrade
 
 #: seconds to connect to MariaDB / PostgreSQL before the attempt counts as an outage
@@ -50,8 +51,9 @@ _CONFLICT_ERRORS = frozenset({1213})
 
 def lost_conflict(exc: BaseException) -> bool:
     """The transaction was chosen as a deadlock's victim (or lost a serialization conflict): running it
-    again at once succeeds, the other transaction having gone on."""
-    orig = getattr(exc, "orig", None)
+    again at once succeeds, the other transaction having gone on. ``exc`` is SQLAlchemy's (the driver's
+    error in ``orig``) or asyncpg's own."""
+    orig = getattr(exc, "orig", exc)
     if getattr(orig, "sqlstate", None) in _CONFLICT_STATES:
         return True
     args: tuple[Any, ...] = getattr(orig, "args", ())
@@ -93,6 +95,9 @@ class Database:
         #: SQLite file only: a connection for verdict lookups on the event loop (WAL readers never wait for writers)
         self.sqlite_reader: sqlite3.Connection | None = None
         self.checkpoints: Checkpoints | None = None
+        #: PostgreSQL only: asyncpg's connect arguments for the hot paths' own connections (store/postgres.py)
+        self.postgres: dict[str, Any] | None = None
+        self._links: list[Link] = []
 
     @functools.cached_property
     def backend(self) -> str:
@@ -111,6 +116,8 @@ class Database:
             timeout = _CONNECT_TIMEOUT_ARG.get(url.get_driver_name())
             if timeout is not None:
                 kwargs["connect_args"] = {timeout: CONNECT_TIMEOUT}
+            if url.get_driver_name() == "asyncpg":
+                kwargs["connect_args"]["server_settings"] = PG_SETTINGS
         engine = create_async_engine(self.url, **kwargs)
         pragmas = functools.partial(sqlite_pragmas, synchronous=self.sqlite_synchronous)
         if sqlite:
@@ -134,6 +141,17 @@ class Database:
             await engine.dispose()
             raise StoreError(f"store {url.render_as_string(hide_password=True)}: {exc}") from exc
         self.engine = engine
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg":
+            args, connect = engine.dialect.create_connect_args(url)
+            assert not args
+            self.postgres = dict(connect)
+
+    def link(self) -> Link:
+        """PostgreSQL: a connection of its own for a task that runs one statement at a time."""
+        assert self.postgres is not None
+        link = Link(self.postgres, CONNECT_TIMEOUT, IDLE_PING)
+        self._links.append(link)
+        return link
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -147,6 +165,9 @@ class Database:
             yield conn
 
     async def close(self) -> None:
+        for link in self._links:
+            with contextlib.suppress(Exception):  # a server that is gone already has nothing to close
+                await link.close()
         if self.engine is not None:
             await self.engine.dispose()
         if self.checkpoints is not None:

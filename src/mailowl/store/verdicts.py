@@ -25,6 +25,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from mailowl.results import Result
+from mailowl.store import postgres
 from mailowl.store.database import Database, StoreError
 from mailowl.store.jobs import DONE, Job
 from mailowl.store.journal import JournalEntry, KnownReport, append_compact
@@ -61,6 +62,8 @@ class VerdictCache:
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        #: PostgreSQL: the lookups' own connection (store/postgres.py)
+        self._link = db.link() if db.postgres is not None else None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="store-reader")
@@ -157,6 +160,10 @@ class VerdictCache:
         if self.db.sqlite_reader is not None:
             for start in range(0, len(ids), _CHUNK):
                 _fetch_sqlite(self.db.sqlite_reader, ids[start:start + _CHUNK], found)
+            return found
+        if self._link is not None:
+            for row in await postgres.lookup(self._link, ids):
+                _add(found, row[0], row[1], row[2], row[3])
             return found
         async with self.db.read() as conn:
             for start in range(0, len(ids), _CHUNK):

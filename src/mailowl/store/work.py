@@ -89,23 +89,36 @@ _KNOWN = select(jobs.c.identity).where(
 _DELETE_WORK = delete(work).where(work.c.key.in_(bindparam("keys", expanding=True)))
 
 
-def write_claims(conn: Connection, claims: list[tuple[int, Claim]], run: str, now: datetime) -> None:
-    """Insert the claims' rows (skipping keys that exist), then learn who owns each key."""
-    rows = [{"key": c.key, "identity": c.identity, "job_id": job_id if c.force else None, "owner": run,
+def claim_rows(claims: list[tuple[int, Claim]], run: str, now: datetime) -> list[dict[str, Any]]:
+    """The claims' work rows (a forced claim names its own job)."""
+    return [{"key": c.key, "identity": c.identity, "job_id": job_id if c.force else None, "owner": run,
              "created_at": now, "filename": c.filename, "type_declared": c.type_declared,
              "content_disposition": c.content_disposition, "content": c.content} for job_id, c in claims]
-    conn.execute(insert_ignoring_duplicates(work, conn.dialect.name), rows)
-    owners = dict(conn.execute(_OWNERS, {"keys": [c.key for _, c in claims]}).all())
+
+
+def settle_claims(claims: list[tuple[int, Claim]], owners: dict[str, str | None], run: str,
+                  known: set[str] | None = None) -> set[str]:
+    """Who owns each claim's key now; the identities of the claims this instance won. With ``known`` (the
+    won identities that have a verdict), marks the won claims that must look their verdict up again."""
     for _, claim in claims:
         # a key without a row: its verdict was committed and the row deleted between the two statements
         claim.owner = owners.get(claim.key) or ""
     # a won claim whose identity got a verdict after the caller looked it up (its work row was gone by
-    # then): asked here, in the same transaction, rather than by a second lookup for every won claim
+    # then): asked in the same transaction, rather than by a second lookup for every won claim
     won = {c.identity for _, c in claims if c.owner == run and not c.force}
-    if won:
-        known = set(conn.execute(_KNOWN, {"identities": list(won)}).scalars())
+    if known is not None:
         for _, claim in claims:
             claim.verdict_since = claim.identity in known and claim.owner == run
+    return won
+
+
+def write_claims(conn: Connection, claims: list[tuple[int, Claim]], run: str, now: datetime) -> None:
+    """Insert the claims' rows (skipping keys that exist), then learn who owns each key."""
+    conn.execute(insert_ignoring_duplicates(work, conn.dialect.name), claim_rows(claims, run, now))
+    owners = dict(conn.execute(_OWNERS, {"keys": [c.key for _, c in claims]}).all())
+    won = settle_claims(claims, owners, run)
+    if won:
+        settle_claims(claims, owners, run, set(conn.execute(_KNOWN, {"identities": list(won)}).scalars()))
 
 
 _PENDING = jobs.c.state == literal_column(f"'{PENDING}'")

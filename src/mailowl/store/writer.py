@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from mailowl.store import sqlite_writes
+from mailowl.store import postgres, sqlite_writes
 from mailowl.store.database import Database, StoreError, lost_conflict
 from mailowl.store.jobs import Job
 from mailowl.store.messages import MessageRecord
@@ -33,9 +34,6 @@ log = logging.getLogger(__name__)
 _RETRY_FIRST, _RETRY_MAX = 0.1, 2.0
 #: times a group commit that lost a deadlock runs again at once before it counts as a failed write
 _CONFLICT_RETRIES = 3
-#: new jobs written as a single statement at most (SQLAlchemy splits larger inserts into several statements,
-#: which in autocommit would not be one transaction)
-_ONE_STATEMENT = 500
 #: loop turns the SQLite writer lets running requests queue their jobs before it commits (see _gather)
 _GATHER_TURNS = 4
 
@@ -69,6 +67,8 @@ class GroupCommit:
         self._retry: float | None = None
         # SQLite without fsync commits on the event loop: gather first, see _gather
         self._gathers = db.sqlite_writer is not None and db.sqlite_synchronous == "NORMAL"
+        #: PostgreSQL: the commits' own connection (store/postgres.py)
+        self._link = db.link() if db.postgres is not None else None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="store-writer")
@@ -215,14 +215,19 @@ class GroupCommit:
             assert self.db.engine is not None
             for attempt in range(_CONFLICT_RETRIES + 1):
                 try:
-                    ids = await self._transaction(new_rows, message_rows, update_rows, sample_rows, claims, finishes)
+                    if self._link is not None:
+                        ids = await postgres.write(self._link, new_rows, message_rows, update_rows, sample_rows,
+                                                   claims, finishes, self.run, datetime.now(UTC))
+                    else:
+                        ids = await self._transaction(new_rows, message_rows, update_rows, sample_rows, claims,
+                                                      finishes)
                     break
-                except DBAPIError as exc:
+                except (DBAPIError, asyncpg.PostgresError) as exc:
                     # another instance's transaction locked the same keys: this one was rolled back to let
                     # it go on, and runs again now instead of failing its submissions with a 503
                     if attempt == _CONFLICT_RETRIES or not lost_conflict(exc):
                         raise
-                    log.info("group commit lost a lock conflict (%s); running it again", exc.orig)
+                    log.info("group commit lost a lock conflict (%s); running it again", getattr(exc, "orig", exc))
         # committed: only now do the ids exist
         for job, job_id in zip(inserts, ids, strict=True):
             job.id, job._commit = job_id, None
@@ -231,16 +236,8 @@ class GroupCommit:
     async def _transaction(self, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
                            update_rows: list[dict[str, Any]], sample_rows: list[dict[str, Any]],
                            claims: list[tuple[int, Claim]], finishes: list[Finish]) -> list[int]:
-        """One group commit on MariaDB or PostgreSQL; the new ids in row order."""
+        """One group commit through SQLAlchemy (MariaDB); the new ids in row order."""
         assert self.db.engine is not None
-        if (self.db.backend == "postgresql" and 0 < len(new_rows) <= _ONE_STATEMENT
-                and not (message_rows or update_rows or sample_rows or claims or finishes)):
-            # only new jobs (cached verdicts): one INSERT, which in autocommit is a transaction of its own,
-            # committed (and flushed) before it answers; BEGIN and COMMIT would be two more round trips. If
-            # check_ids refused the returned ids, the rows stay without anyone holding their ids (503s):
-            # pending rows of this run, answered "interrupted" at its next start
-            async with self.db.read() as conn:
-                return await conn.run_sync(_write_rows, new_rows, [], [], [])
         async with self.db.engine.begin() as conn:
             ids = await conn.run_sync(_write_rows, new_rows, message_rows, update_rows, sample_rows)
             if claims:
