@@ -14,8 +14,8 @@ import pytest
 
 from mailowl.analysis.sample import Sample
 from mailowl.results import Result, RuleResult
-from mailowl.store import Store
-from mailowl.store.database import IDLE_PING
+from mailowl.store import Store, postgres
+from mailowl.store.database import IDLE_PING, Database
 from tests.conftest import fresh_database
 
 
@@ -85,3 +85,29 @@ async def test_the_paths_reconnect_after_the_server_dropped_their_connections(pg
     finally:
         await admin.close()
         await store.close()
+
+
+async def test_a_commit_whose_new_ids_are_out_of_row_order_writes_nothing(pg_url: str) -> None:
+    """The group commit is one statement that checks its ids itself: should the sequence ever hand out ids
+    in another order than the rows', the whole commit is refused instead of one sample getting another's
+    id. A sequence that counts down makes that happen."""
+    db = Database(pg_url)
+    await db.open()
+    admin = await asyncpg.connect(_dsn(pg_url))
+    try:
+        await admin.execute("ALTER SEQUENCE jobs_id_seq INCREMENT BY -1 MINVALUE 1 RESTART WITH 1000")
+        now = datetime.now(UTC)
+        rows = [{"identity": f"{n:064x}", "sha256": f"{n:064x}", "size": 1, "state": "pending", "created_at": now,
+                 "run": "test"} for n in range(3)]
+        with pytest.raises(asyncpg.PostgresError, match="new job ids out of row order"):
+            await postgres.write(db.link(), rows, [], [], [{"sha256": "a" * 64, "identity": "b" * 64}], [], [],
+                                 "test", now)
+        assert await admin.fetchval("SELECT count(*) FROM jobs") == 0
+        assert await admin.fetchval("SELECT count(*) FROM samples") == 0
+        await admin.execute("ALTER SEQUENCE jobs_id_seq INCREMENT BY 1 RESTART WITH 1")
+        ids = await postgres.write(db.link(), rows, [], [], [{"sha256": "a" * 64, "identity": "b" * 64}], [], [],
+                                   "test", now)
+        assert ids == [1, 2, 3]
+    finally:
+        await admin.close()
+        await db.close()

@@ -108,7 +108,7 @@ def settle_claims(claims: list[tuple[int, Claim]], owners: dict[str, str | None]
     won = {c.identity for _, c in claims if c.owner == run and not c.force}
     if known is not None:
         for _, claim in claims:
-            claim.verdict_since = claim.identity in known and claim.owner == run
+            claim.verdict_since = claim.identity in known and claim.owner == run and not claim.force
     return won
 
 
