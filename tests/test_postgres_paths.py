@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -110,4 +111,19 @@ async def test_a_commit_whose_new_ids_are_out_of_row_order_writes_nothing(pg_url
         assert ids == [1, 2, 3]
     finally:
         await admin.close()
+        await db.close()
+
+
+async def test_every_combination_of_row_kinds_is_one_valid_statement(pg_url: str) -> None:
+    """A group commit's statement holds only the kinds of rows it carries: each of the 127 combinations is
+    prepared by the server (syntax, types, the parameters' count and order)."""
+    db = Database(pg_url)
+    await db.open()
+    try:
+        conn = await db.link().get()
+        for size in range(1, len(postgres._KINDS) + 1):
+            for kinds in itertools.combinations(postgres._KINDS, size):
+                statement = await conn.prepare(postgres._commit_statement(frozenset(kinds)))
+                assert [a.name for a in statement.get_attributes()] == ["kind", "id", "a", "b"]
+    finally:
         await db.close()

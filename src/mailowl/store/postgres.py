@@ -10,6 +10,7 @@ database, that per-statement cost is most of what one instance spends beyond SQL
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -73,63 +74,77 @@ def _set(columns: list[str]) -> str:
     return ", ".join(f"{c} = v.{c}" for c in columns)
 
 
-def _commit_statement() -> str:
-    """A whole group commit as one statement, and so one transaction without BEGIN and COMMIT: every kind of
-    row is an array (empty when there is none), so the commit costs one round trip instead of one per kind
-    and two for the transaction (a won claim asks one more, see write). On a machine whose event loop is busy each round trip waits for the loop's
-    next turn: a fresh sample's commit with BEGIN, a statement per kind and COMMIT (9 round trips) took 6.6
-    ms, this one 2.6 ms (BENCHMARKS.md, "Cluster mode, eighth session"). The parts cannot see each other's rows (one
-    snapshot), which is why the verdicts' updates skip the jobs this commit updates by id, and the work rows'
-    delete skips keys claimed again here."""
-    p = _Params()  # the arguments' order is _commit_arguments'
-    jobs_sql = _insert_jobs(p)
-    names = ", ".join(_MESSAGE_COLUMNS)
-    updates = ", ".join(_UPDATE_COLUMNS)
-    verdicts = ", ".join(VERDICT_COLUMNS)
-    verdict_arrays = lambda: p.arrays(jobs, list(VERDICT_COLUMNS))  # noqa: E731
-    updated = p("bigint[]")
-    sql = (
-        f"WITH j AS ({jobs_sql}), "
-        "jn AS (SELECT id, identity, row_number() OVER (ORDER BY id) AS n FROM j), "
-        f"s AS (INSERT INTO samples (sha256, identity) SELECT * FROM unnest({p.arrays(samples, ['sha256', 'identity'])}) "
-        "ON CONFLICT DO NOTHING), "
-        f"m AS (INSERT INTO messages ({names}) SELECT * FROM unnest({p.arrays(messages, _MESSAGE_COLUMNS)})), "
-        f"u AS (UPDATE jobs SET {_set(_UPDATE_COLUMNS)} FROM unnest({updated}, "
-        f"{p.arrays(jobs, _UPDATE_COLUMNS)}) AS v(b_id, {updates}) WHERE jobs.id = v.b_id), "
-        f"fs AS (UPDATE jobs SET {_set(list(VERDICT_COLUMNS))} FROM unnest({p('text[]')}, {verdict_arrays()}) "
-        f"AS v(b_identity, {verdicts}) WHERE jobs.identity = v.b_identity AND jobs.state = '{PENDING}' "
-        f"AND jobs.id <> ALL({updated})), "
-        f"ff AS (UPDATE jobs SET {_set(list(VERDICT_COLUMNS))} FROM unnest({p('bigint[]')}, {verdict_arrays()}) "
-        f"AS v(b_id, {verdicts}) WHERE jobs.id = v.b_id AND jobs.state = '{PENDING}' AND jobs.id <> ALL({updated})), "
-    )
-    finished_keys = p("text[]")
-    claim_keys = p("text[]")
-    claims = (f"{claim_keys}, {p('text[]')}, {p('bigint[]')}, {p('boolean[]')}, {p('text[]')}, {p('text[]')}, "
-              f"{p('text[]')}, {p('bytea[]')}")
-    run, now = p("text"), p("timestamptz")
-    sql += (
-        f"d AS (DELETE FROM work WHERE key = ANY({finished_keys}) AND key <> ALL({claim_keys})), "
-        f"c AS (SELECT * FROM unnest({claims}) AS c({', '.join(_CLAIM_COLUMNS)})), "
-        "o AS (INSERT INTO work (key, identity, job_id, owner, created_at, filename, type_declared, "
-        f"content_disposition, content) SELECT c.key, c.identity, CASE WHEN c.force THEN jn.id END, {run}, {now}, "
-        "c.filename, c.type_declared, c.content_disposition, c.content FROM c "
-        "LEFT JOIN jn ON jn.n = c.n AND jn.identity = c.identity ORDER BY c.key ON CONFLICT DO NOTHING "
-        "RETURNING key) "
-        "SELECT 0 AS kind, id, identity::text AS a, NULL::text AS b FROM j "
-        f"UNION ALL SELECT 1, NULL, key::text, {run} FROM o "
-        f"UNION ALL SELECT 1, NULL, key::text, owner::text FROM work WHERE key = ANY({claim_keys}) "
-        "AND key NOT IN (SELECT key FROM o) "
+#: the kinds of rows a group commit can hold, in the order their parameters come
+_KINDS = ("jobs", "updates", "samples", "messages", "shared", "forced", "claims")
+
+
+@functools.cache
+def _commit_statement(kinds: frozenset[str]) -> str:
+    """A whole group commit as one statement, and so one transaction without BEGIN and COMMIT: each kind of
+    row the commit holds is one part (the statement for each combination is built once, and holds only
+    its parts: PostgreSQL plans it at every execution), so a commit costs one round trip instead of one per
+    kind and two for the transaction (a won claim asks one more, see write). On a machine whose event loop
+    is busy each round trip waits for the loop's next turn (BENCHMARKS.md, "Cluster mode, eighth session").
+    The parts cannot see each other's rows (one snapshot), which is why the verdicts' updates skip the jobs
+    this commit updates by id, and the work rows' delete skips keys claimed again here. Parameters come in
+    the order of _KINDS (_commit_arguments)."""
+    p = _Params()
+    parts: list[str] = []
+    selects: list[str] = []
+    if "jobs" in kinds:
+        parts += [f"j AS ({_insert_jobs(p)})", "jn AS (SELECT id, identity, row_number() OVER (ORDER BY id) AS n FROM j)"]
+        selects.append("SELECT 0 AS kind, id, identity::text AS a, NULL::text AS b FROM j")
         # a new job whose id is not in its row's place fails the statement (a text that is no number), and
         # with it the whole commit: one sample's id is never handed to another
-        "UNION ALL SELECT 3, NULL, NULL, NULL FROM jn JOIN unnest($1::text[]) WITH ORDINALITY AS x(identity, n) "
-        "ON x.n = jn.n WHERE (CASE WHEN jn.identity <> x.identity "
-        "THEN ('new job ids out of row order at ' || jn.id)::bigint END) IS NOT NULL"
-    )
-    return sql
+        selects.append("SELECT 3, NULL, NULL, NULL FROM jn JOIN unnest($1::text[]) WITH ORDINALITY AS x(identity, n) "
+                       "ON x.n = jn.n WHERE (CASE WHEN jn.identity <> x.identity "
+                       "THEN ('new job ids out of row order at ' || jn.id)::bigint END) IS NOT NULL")
+    not_updated = ""
+    if "updates" in kinds:
+        updated = p("bigint[]")
+        not_updated = f" AND jobs.id <> ALL({updated})"
+        parts.append(f"u AS (UPDATE jobs SET {_set(_UPDATE_COLUMNS)} FROM unnest({updated}, "
+                     f"{p.arrays(jobs, _UPDATE_COLUMNS)}) AS v(b_id, {', '.join(_UPDATE_COLUMNS)}) "
+                     "WHERE jobs.id = v.b_id)")
+    if "samples" in kinds:
+        parts.append(f"s AS (INSERT INTO samples (sha256, identity) SELECT * FROM "
+                     f"unnest({p.arrays(samples, ['sha256', 'identity'])}) ON CONFLICT DO NOTHING)")
+    if "messages" in kinds:
+        parts.append(f"m AS (INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) SELECT * FROM "
+                     f"unnest({p.arrays(messages, _MESSAGE_COLUMNS)}))")
+    verdicts = list(VERDICT_COLUMNS)
+    for kind, key, key_type in (("shared", "identity", "text"), ("forced", "id", "bigint")):
+        if kind in kinds:
+            parts.append(f"f_{kind} AS (UPDATE jobs SET {_set(verdicts)} FROM unnest({p(key_type + '[]')}, "
+                         f"{p.arrays(jobs, verdicts)}) AS v(b_key, {', '.join(verdicts)}) "
+                         f"WHERE jobs.{key} = v.b_key AND jobs.state = '{PENDING}'{not_updated})")
+    finished_keys = p("text[]") if kinds & {"shared", "forced"} else None
+    claim_keys = None
+    if "claims" in kinds:
+        claim_keys = p("text[]")
+        claims = ", ".join([claim_keys, p("text[]"), p("bigint[]"), p("boolean[]"), p("text[]"), p("text[]"),
+                            p("text[]"), p("bytea[]")])
+        run, now = p("text"), p("timestamptz")
+        job_id = "CASE WHEN c.force THEN jn.id END" if "jobs" in kinds else "NULL::bigint"
+        new_jobs = "LEFT JOIN jn ON jn.n = c.n AND jn.identity = c.identity " if "jobs" in kinds else ""
+        parts += [
+            f"c AS (SELECT * FROM unnest({claims}) AS c({', '.join(_CLAIM_COLUMNS)}))",
+            "o AS (INSERT INTO work (key, identity, job_id, owner, created_at, filename, type_declared, "
+            f"content_disposition, content) SELECT c.key, c.identity, {job_id}, {run}, {now}, c.filename, "
+            f"c.type_declared, c.content_disposition, c.content FROM c {new_jobs}ORDER BY c.key "
+            "ON CONFLICT DO NOTHING RETURNING key)"]
+        selects += [f"SELECT 1 AS kind, NULL::bigint AS id, key::text AS a, {run} AS b FROM o",
+                    f"SELECT 1, NULL, key::text, owner::text FROM work WHERE key = ANY({claim_keys}) "
+                    "AND key NOT IN (SELECT key FROM o)"]
+    if finished_keys is not None:
+        again = f" AND key <> ALL({claim_keys})" if claim_keys else ""
+        parts.append(f"d AS (DELETE FROM work WHERE key = ANY({finished_keys}){again})")
+    if not selects:
+        selects.append("SELECT 0 AS kind, NULL::bigint AS id, NULL::text AS a, NULL::text AS b WHERE false")
+    return "WITH " + ", ".join(parts) + " " + " UNION ALL ".join(selects)
 
 
 _INSERT_JOBS = _insert_jobs(_Params())
-_COMMIT = _commit_statement()
 _KNOWN = f"SELECT DISTINCT identity FROM jobs WHERE identity = ANY($1::text[]) AND {_DONE_NOT_FAILED}"
 _LOOKUP = ("SELECT identity, finished_at, result, reason FROM jobs WHERE identity = ANY($1::text[]) "
            f"AND {_DONE_NOT_FAILED} ORDER BY finished_at, id")
@@ -154,8 +169,9 @@ async def write(link: Link, new_rows: list[dict[str, Any]], message_rows: list[d
     if new_rows and not (message_rows or update_rows or sample_rows or claims or finishes):
         returned = await conn.fetch(_INSERT_JOBS, *_columns(new_rows, _JOB_COLUMNS))
         return check_ids(sorted((r[0], r[1]) for r in returned), new_rows)
-    rows = await conn.fetch(_COMMIT, *_commit_arguments(new_rows, message_rows, update_rows, sample_rows, claims,
-                                                         finishes, run, now))
+    kinds, arguments = _commit_arguments(new_rows, message_rows, update_rows, sample_rows, claims, finishes, run,
+                                         now)
+    rows = await conn.fetch(_commit_statement(kinds), *arguments)
     # ids rise in row order (see _insert_jobs): sorted by id, the rows are in the order they were sent
     ids = check_ids(sorted((r[1], r[2]) for r in rows if r[0] == 0), new_rows)
     if claims:
@@ -171,8 +187,8 @@ async def write(link: Link, new_rows: list[dict[str, Any]], message_rows: list[d
 def _commit_arguments(new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
                       update_rows: list[dict[str, Any]], sample_rows: list[dict[str, Any]],
                       claims: list[tuple[int, Claim]], finishes: list[Finish], run: str,
-                      now: datetime) -> list[Any]:
-    updated = [row["b_id"] for row in update_rows]
+                      now: datetime) -> tuple[frozenset[str], list[Any]]:
+    """The kinds of rows the commit holds and its parameters, in the order of _KINDS."""
     # one update per job: of two finishes for the same jobs the first wins, as it would one after the other
     shared: dict[str, Finish] = {}
     forced: dict[int, Finish] = {}
@@ -181,19 +197,22 @@ def _commit_arguments(new_rows: list[dict[str, Any]], message_rows: list[dict[st
             shared.setdefault(finish.identity, finish)
         else:
             forced.setdefault(finish.job_id, finish)
-    shared_values = [[f.values[c] for f in shared.values()] for c in VERDICT_COLUMNS]
-    forced_values = [[f.values[c] for f in forced.values()] for c in VERDICT_COLUMNS]
     claimed = [claim for _, claim in claims]
-    return [
-        *_columns(new_rows, _JOB_COLUMNS), updated,
-        *_columns(sample_rows, ["sha256", "identity"]),
-        *_columns(message_rows, _MESSAGE_COLUMNS),
-        *_columns(update_rows, _UPDATE_COLUMNS),
-        list(shared), *shared_values,
-        list(forced), *forced_values,
-        [f.key for f in finishes],
-        [c.key for c in claimed], [c.identity for c in claimed], [index + 1 for index, _ in claims],
-        [c.force for c in claimed], [c.filename for c in claimed], [c.type_declared for c in claimed],
-        [c.content_disposition for c in claimed], [c.content for c in claimed],
-        run, now,
-    ]
+    arguments: dict[str, list[Any]] = {
+        "jobs": _columns(new_rows, _JOB_COLUMNS),
+        "updates": [[row["b_id"] for row in update_rows], *_columns(update_rows, _UPDATE_COLUMNS)],
+        "samples": _columns(sample_rows, ["sha256", "identity"]),
+        "messages": _columns(message_rows, _MESSAGE_COLUMNS),
+        "shared": [list(shared), *([f.values[c] for f in shared.values()] for c in VERDICT_COLUMNS)],
+        "forced": [list(forced), *([f.values[c] for f in forced.values()] for c in VERDICT_COLUMNS)],
+    }
+    kinds = frozenset(kind for kind, rows in zip(_KINDS, (new_rows, update_rows, sample_rows, message_rows, shared,
+                                                          forced, claims), strict=True) if rows)
+    ordered = [value for kind in _KINDS[:-1] if kind in kinds for value in arguments[kind]]
+    if finishes:
+        ordered.append([f.key for f in finishes])
+    if claims:
+        ordered += [[c.key for c in claimed], [c.identity for c in claimed], [index + 1 for index, _ in claims],
+                    [c.force for c in claimed], [c.filename for c in claimed], [c.type_declared for c in claimed],
+                    [c.content_disposition for c in claimed], [c.content for c in claimed], run, now]
+    return kinds, ordered
