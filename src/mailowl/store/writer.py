@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from mailowl.store import postgres, sqlite_writes
 from mailowl.store.database import Database, StoreError, lost_conflict
+from mailowl.store.gather import gather
 from mailowl.store.jobs import Job
 from mailowl.store.messages import MessageRecord
 from mailowl.store.models import jobs, messages, samples
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 _RETRY_FIRST, _RETRY_MAX = 0.1, 2.0
 #: times a group commit that lost a deadlock runs again at once before it counts as a failed write
 _CONFLICT_RETRIES = 3
-#: loop turns the SQLite writer lets running requests queue their jobs before it commits (see _gather)
-_GATHER_TURNS = 4
 
 
 class GroupCommit:
@@ -65,8 +64,11 @@ class GroupCommit:
         self._task: asyncio.Task[None] | None = None
         #: the pause before the next attempt while commits fail; None while they succeed
         self._retry: float | None = None
-        # SQLite without fsync commits on the event loop: gather first, see _gather
+        #: SQLite without fsync commits right on the event loop
         self._gathers = db.sqlite_writer is not None and db.sqlite_synchronous == "NORMAL"
+        # such a commit leaves no time in which the next group could form, and on PostgreSQL with several
+        # instances on the cores groups stay small (BENCHMARKS.md, "Cluster mode, eighth session")
+        self._gather_first = self._gathers or db.postgres is not None
         #: PostgreSQL: the commits' own connection (store/postgres.py)
         self._link = db.link() if db.postgres is not None else None
 
@@ -126,8 +128,8 @@ class GroupCommit:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self._gathers:
-                await self._gather()
+            if self._gather_first:
+                await gather(lambda: len(self._inserts))
             inserts, commit, msgs, finishes = self._inserts, self._commit, self._messages, self._finishes
             self._inserts, self._commit, self._messages, self._finishes = [], None, [], []
             carried = {id(job) for job in inserts}
@@ -177,16 +179,6 @@ class GroupCommit:
             self._flushed.set()
             if self.db.checkpoints is not None:
                 self.db.checkpoints.committed(len(inserts) + len(updates) + len(msgs))
-
-    async def _gather(self) -> None:
-        """A commit on the event loop leaves no time in which the next group could form: let the requests
-        that are already running reach their insert first (a few loop turns, never a fixed wait)."""
-        queued = -1
-        for _ in range(_GATHER_TURNS):
-            if len(self._inserts) == queued:
-                return  # a turn brought nothing new
-            queued = len(self._inserts)
-            await asyncio.sleep(0)
 
     async def _write(self, inserts: list[Job], updates: dict[int, Job], msgs: list[MessageRecord],
                      finishes: list[Finish]) -> None:
