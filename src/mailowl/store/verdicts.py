@@ -27,6 +27,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from mailowl.results import Result
 from mailowl.store import postgres
 from mailowl.store.database import Database, StoreError
+from mailowl.store.gather import gather
 from mailowl.store.jobs import DONE, Job
 from mailowl.store.journal import JournalEntry, KnownReport, append_compact
 from mailowl.store.lru import Lru
@@ -127,6 +128,8 @@ class VerdictCache:
         while not self._closing:
             await self._wake.wait()
             self._wake.clear()
+            if self._link is not None:
+                await gather(lambda: len(self._lookups))
             batch, self._lookups = self._lookups, {}
             if not batch:
                 continue
