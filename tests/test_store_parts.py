@@ -141,3 +141,29 @@ async def test_purge_lets_a_running_servers_commits_through_between_batches(tmp_
     finally:
         await purger.close()
         await server.close()
+
+
+async def test_a_senders_nul_never_stalls_the_writer(store_url: str) -> None:
+    """PostgreSQL refuses NUL in text: a Subject's encoded-word, a MIME header or an archive member's name
+    in a rule's reason could carry one, and the group commit holding it would fail (the message record
+    tried again for ever, other uploads' jobs with it). The store drops NUL on every backend."""
+    store = Store(store_url)
+    await store.open()
+    try:
+        when = datetime(2026, 3, 1, 12, 30, 15, tzinfo=UTC)
+        store.record_message(record("mo-00000000000c", when, subject="a\x00b", message_id="<m\x00@x>",
+                                    reply="554 \x00no"))
+        sample = Sample(b"nul in headers", "x.exe", "application/x-\x00dosexec", "attachment;\x00")
+        assert sample.type_declared == "application/x-dosexec" and sample.content_disposition == "attachment;"
+        job = await store.new_job({**sample.facts(), "type_by_name": "text/\x00plain"})
+        finish(store, job, Result.bad, "member evil\x00.exe")
+        await asyncio.wait_for(store.flush(), 10)
+        store.messages.forget_recent()
+        stored = await store.get_message("mo-00000000000c")
+        assert stored is not None and (stored.subject, stored.message_id, stored.reply) == ("ab", "<m@x>", "554 no")
+        assert store.engine is not None
+        async with store.engine.connect() as conn:
+            row = (await conn.execute(select(jobs.c.reason, jobs.c.type_by_name).where(jobs.c.id == job.id))).one()
+        assert tuple(row) == ("member evil.exe", "text/plain")
+    finally:
+        await store.close()

@@ -56,6 +56,12 @@ class Sample:
 
     def __post_init__(self) -> None:
         self.filename = basename(self.filename)
+        # a sender's NUL in a MIME header would reach every table the sample's facts are written to, and
+        # PostgreSQL refuses it in text (as basename drops it from file names)
+        if self.type_declared is not None and "\x00" in self.type_declared:
+            self.type_declared = self.type_declared.replace("\x00", "")
+        if self.content_disposition is not None and "\x00" in self.content_disposition:
+            self.content_disposition = self.content_disposition.replace("\x00", "")
 
     @cached_property
     def sha256(self) -> str:

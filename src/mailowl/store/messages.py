@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mailowl.store.database import reading
 from mailowl.store.lru import Lru
 from mailowl.store.models import messages
-from mailowl.store.rows import aware
+from mailowl.store.rows import aware, storable_text
 
 #: columns whose value is JSON text in the table
 _JSON = ("rcpt_to", "parts", "findings")
@@ -51,6 +51,9 @@ class MessageRecord:
         row = self.as_dict()
         for key in _JSON:
             row[key] = orjson.dumps(row[key] or []).decode()
+        for key, value in row.items():
+            if isinstance(value, str):
+                row[key] = storable_text(value)
         for key, limit in _LIMITS.items():
             # a header's Message-ID and Subject and the envelope sender come from strangers: never let one
             # stall writes

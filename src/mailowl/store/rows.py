@@ -17,6 +17,13 @@ FACT_COLUMNS = ("identity", "sha256", "sha1", "md5", "size", "filename", "type_d
 _FACT_LIMITS = [(k, getattr(jobs.c[k].type, "length", None) or 0) for k in FACT_COLUMNS]
 
 
+def storable_text(value: str) -> str:
+    """Text as every backend stores it: PostgreSQL refuses NUL in text, and a sender's NUL (an encoded-word
+    in a Subject, an archive member's name in a rule's reason) would fail every group commit it is in,
+    the other uploads' jobs with it, and a message record would be tried again for ever."""
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
 def aware(value: datetime | None) -> datetime | None:
     """SQLite and MariaDB give back naive datetimes: every time the store holds is UTC."""
     if value is not None and value.tzinfo is None:
@@ -31,12 +38,14 @@ def job_row(job: Job, run: str | None) -> dict[str, Any]:
     for key, limit in _FACT_LIMITS:
         value = facts.get(key)
         # declared names and types come from senders: never let one overflow a column and stall writes
-        if limit and isinstance(value, str) and len(value) > limit:
-            value = value[:limit]
+        if isinstance(value, str):
+            value = storable_text(value)
+            if limit and len(value) > limit:
+                value = value[:limit]
         row[key] = value
     row.update(
         state=job.state, result=job.result.name if job.result is not None else None,
-        reason=job.reason, rule_results=orjson.dumps([r.as_dict() for r in job.rules]).decode() if job.rules else None,
+        reason=storable_text(job.reason) if job.reason is not None else None, rule_results=orjson.dumps([r.as_dict() for r in job.rules]).decode() if job.rules else None,
         created_at=job.created_at, finished_at=job.finished_at, facts=job.rule_facts,
     )
     if run is not None:
