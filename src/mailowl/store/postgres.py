@@ -21,8 +21,7 @@ from mailowl.results import Result
 from mailowl.store.jobs import DONE, PENDING
 from mailowl.store.link import Link
 from mailowl.store.models import jobs, messages, samples
-from mailowl.store.rows import VERDICT_COLUMNS
-from mailowl.store.sqlite_writes import check_ids
+from mailowl.store.rows import VERDICT_COLUMNS, check_ids
 from mailowl.store.work import Claim, Finish, settle_claims
 
 _DONE_NOT_FAILED = f"state = '{DONE}' AND result <> '{Result.failed.name}'"

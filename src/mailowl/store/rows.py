@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from mailowl.results import Result, RuleResult
+from mailowl.store.database import StoreError
 from mailowl.store.jobs import Job
 from mailowl.store.models import jobs
 
@@ -73,6 +74,14 @@ def job_from_row(row: Any) -> Job:
     return Job(id=row["id"], facts=facts, created_at=created, state=row["state"],
                result=Result[row["result"]] if row["result"] else None, reason=row["reason"], rules=rules,
                finished_at=aware(row["finished_at"]), rule_facts=row["facts"], from_row=True)
+
+
+def check_ids(returned: list[Any], rows: list[dict[str, Any]]) -> list[int]:
+    # a mismatch would hand one sample's id to another: refuse the whole commit instead
+    if [identity for _, identity in returned] != [row["identity"] for row in rows]:
+        raise StoreError(f"the database returned ids for {len(returned)} rows that do not match the "
+                         f"{len(rows)} new jobs")
+    return [int(job_id) for job_id, _ in returned]
 
 
 def answered_by_cache(job: Job) -> bool:

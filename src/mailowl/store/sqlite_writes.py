@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from mailowl.store.database import StoreError
 from mailowl.store.models import jobs, messages
+from mailowl.store.rows import check_ids
 
 #: seconds the writer tries to get SQLite's write lock before the commit fails
 LOCK_WAIT = 30.0
@@ -111,11 +111,3 @@ def _insert(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> list[int]:
         # before, so sorting puts the ids in row order, whatever order RETURNING uses
         ids += check_ids(sorted(db.execute(sql, params).fetchall()), chunk)
     return ids
-
-
-def check_ids(returned: list[Any], rows: list[dict[str, Any]]) -> list[int]:
-    # a mismatch would hand one sample's id to another: refuse the whole commit instead
-    if [identity for _, identity in returned] != [row["identity"] for row in rows]:
-        raise StoreError(f"the database returned ids for {len(returned)} rows that do not match the "
-                         f"{len(rows)} new jobs")
-    return [int(job_id) for job_id, _ in returned]

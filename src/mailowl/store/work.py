@@ -89,13 +89,6 @@ _KNOWN = select(jobs.c.identity).where(
 _DELETE_WORK = delete(work).where(work.c.key.in_(bindparam("keys", expanding=True)))
 
 
-def claim_rows(claims: list[tuple[int, Claim]], run: str, now: datetime) -> list[dict[str, Any]]:
-    """The claims' work rows (a forced claim names its own job)."""
-    return [{"key": c.key, "identity": c.identity, "job_id": job_id if c.force else None, "owner": run,
-             "created_at": now, "filename": c.filename, "type_declared": c.type_declared,
-             "content_disposition": c.content_disposition, "content": c.content} for job_id, c in claims]
-
-
 def settle_claims(claims: list[tuple[int, Claim]], owners: dict[str, str | None], run: str,
                   known: set[str] | None = None) -> set[str]:
     """Who owns each claim's key now; the identities of the claims this instance won. With ``known`` (the
@@ -114,7 +107,10 @@ def settle_claims(claims: list[tuple[int, Claim]], owners: dict[str, str | None]
 
 def write_claims(conn: Connection, claims: list[tuple[int, Claim]], run: str, now: datetime) -> None:
     """Insert the claims' rows (skipping keys that exist), then learn who owns each key."""
-    conn.execute(insert_ignoring_duplicates(work, conn.dialect.name), claim_rows(claims, run, now))
+    rows = [{"key": c.key, "identity": c.identity, "job_id": job_id if c.force else None, "owner": run,
+             "created_at": now, "filename": c.filename, "type_declared": c.type_declared,
+             "content_disposition": c.content_disposition, "content": c.content} for job_id, c in claims]
+    conn.execute(insert_ignoring_duplicates(work, conn.dialect.name), rows)
     owners = dict(conn.execute(_OWNERS, {"keys": [c.key for _, c in claims]}).all())
     won = settle_claims(claims, owners, run)
     if won:

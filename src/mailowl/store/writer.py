@@ -24,7 +24,7 @@ from mailowl.store.gather import gather
 from mailowl.store.jobs import Job
 from mailowl.store.messages import MessageRecord
 from mailowl.store.models import jobs, messages, samples
-from mailowl.store.rows import answered_by_cache, job_row
+from mailowl.store.rows import answered_by_cache, check_ids, job_row
 from mailowl.store.sql import insert_ignoring_duplicates, update_job
 from mailowl.store.work import Claim, Finish, write_claims, write_finishes
 
@@ -248,7 +248,7 @@ _INSERT_MESSAGES = messages.insert()
 def _write_rows(conn: Connection, new_rows: list[dict[str, Any]], message_rows: list[dict[str, Any]],
                 update_rows: list[dict[str, Any]], sample_rows: list[dict[str, Any]]) -> list[int]:
     """One group commit's statements through SQLAlchemy (MariaDB, PostgreSQL); the new ids in row order."""
-    ids = sqlite_writes.check_ids(list(conn.execute(_INSERT_JOBS, new_rows).all()), new_rows) if new_rows else []
+    ids = check_ids(list(conn.execute(_INSERT_JOBS, new_rows).all()), new_rows) if new_rows else []
     if sample_rows:
         conn.execute(insert_ignoring_duplicates(samples, conn.dialect.name), sample_rows)
     if message_rows:
